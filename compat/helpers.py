@@ -1,0 +1,185 @@
+"""Small helpers shared by the compat tests, demo.py and conftest.py.
+
+Every wait in this directory goes through wait_for() or poll_states(): a condition
+polled against a deadline, never a sleep used as synchronisation.
+"""
+import atexit
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis as redis_py
+
+LOCALHOST = "127.0.0.1"
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+LIVE_PROCESSES = set()
+
+
+@atexit.register
+def _kill_leftovers():
+    """Last resort if pytest dies mid-test: never leave servers or workers behind."""
+    for proc in list(LIVE_PROCESSES):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def free_port():
+    """A loopback port nobody listens on right now (bound to 0, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOCALHOST, 0))
+        return s.getsockname()[1]
+
+
+def wait_for(cond, timeout, what, interval=0.05):
+    """Polls cond() until it returns something truthy; returns that value.
+
+    Raises TimeoutError naming `what` when the deadline passes. This is the only way
+    tests wait: never a bare sleep used as synchronisation.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def wait_exit(proc, timeout):
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def tail(path, lines=150):
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError as exc:
+        return f"<cannot read {path}: {exc}>"
+    rows = text.splitlines()
+    if len(rows) > lines:
+        rows = [f"... ({len(rows) - lines} earlier lines omitted)"] + rows[-lines:]
+    return "\n".join(rows)
+
+
+def pid_alive(pid):
+    """True if pid exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def child_pids(pid):
+    """Direct children of pid, from /proc."""
+    kids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(entry))
+    return kids
+
+
+def poll_states(result, timeout, interval=0.05):
+    """Polls AsyncResult.state/info until ready; returns [(state, info), ...] changes."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    while True:
+        state, info = result.state, result.info
+        if not seen or seen[-1] != (state, info):
+            seen.append((state, info))
+        if state in ("SUCCESS", "FAILURE", "REVOKED"):
+            return seen
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"task {result.id} not ready after {timeout}s; states: {seen}")
+        time.sleep(interval)
+
+
+def raw_meta(redis, task_id):
+    """The celery-task-meta-<id> document straight from the result db (or None)."""
+    raw = redis.client(1).get(f"celery-task-meta-{task_id}")
+    return json.loads(raw) if raw is not None else None
+
+
+class RedisServer:
+    """One private redis-server on 127.0.0.1:<free port>, data in its own directory.
+
+    persistent=True turns on the append-only file with fsync on every write, so a
+    restart() (SIGTERM, start again on the same port and directory) keeps all data.
+    """
+
+    def __init__(self, basedir, persistent=False):
+        self.dir = Path(tempfile.mkdtemp(prefix="redis-", dir=basedir))
+        self.port = free_port()
+        self.persistent = persistent
+        self.proc = None
+
+    def url(self, db=0):
+        return f"redis://{LOCALHOST}:{self.port}/{db}"
+
+    def client(self, db=0):
+        return redis_py.Redis(host=LOCALHOST, port=self.port, db=db, socket_timeout=10)
+
+    def start(self):
+        args = [REDIS_SERVER, "--bind", LOCALHOST, "--port", str(self.port),
+                "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log"),
+                "--daemonize", "no", "--save", "", "--protected-mode", "yes",
+                "--loglevel", "notice"]
+        if self.persistent:
+            args += ["--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            args += ["--appendonly", "no"]
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        LIVE_PROCESSES.add(self.proc)
+        probe = self.client()
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}:\n"
+                                   + tail(self.dir / "redis.log", 30))
+            try:
+                return probe.ping()
+            except redis_py.RedisError:
+                return False
+
+        wait_for(ready, 10, f"redis-server on port {self.port}")
+        probe.close()
+        return self
+
+    def stop(self):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            if wait_exit(self.proc, 10) is None:
+                self.proc.kill()
+                self.proc.wait(5)
+        LIVE_PROCESSES.discard(self.proc)
+        self.proc = None
+
+    def restart(self):
+        self.stop()
+        return self.start()
+
+    @property
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None

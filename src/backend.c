@@ -1,0 +1,128 @@
+/* backend.c - backend selection and Celery's result documents; the storage
+ * itself is in backend_<kind>.c. */
+#include "backend.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+#include "value.h"
+
+struct backend *backend_redis_new(const char *url, char *err, size_t errlen);
+
+struct backend *backend_new(const char *url, long expires, double retry_timeout, char *err,
+                            size_t errlen)
+{
+    struct backend *b = NULL;
+    if (!url || !*url) {
+        snprintf(err, errlen, "no result backend URL");
+        return NULL;
+    }
+    if (strncmp(url, "redis", 5) == 0 || strncmp(url, "unix:", 5) == 0 ||
+        strncmp(url, "socket:", 7) == 0) {
+        b = backend_redis_new(url, err, errlen);
+    } else {
+        const char *colon = strchr(url, ':');
+        snprintf(err, errlen, "result backend '%.*s' is not supported (use redis://)",
+                 colon ? (int)(colon - url) : (int)strlen(url), url);
+        return NULL;
+    }
+    if (b) {
+        b->expires = expires;
+        b->retry_timeout = retry_timeout;
+    }
+    return b;
+}
+
+void backend_free(struct backend *b)
+{
+    if (b)
+        b->ops->free(b);
+}
+
+char *backend_encode_meta(const struct result_meta *m, size_t *len)
+{
+    /* Built by hand around the encoded result so key order matches Celery. */
+    celeriac_value *doc = celeriac_value_new_object();
+    char *out = NULL;
+    if (!doc)
+        return NULL;
+    char date[40];
+    int ok = celeriac_value_set(doc, "status", celeriac_value_new_string(m->status)) == 0;
+    ok = ok && celeriac_value_set(doc, "result", m->result ? celeriac_value_copy(m->result)
+                                                            : celeriac_value_new_null()) == 0;
+    ok = ok && celeriac_value_set(doc, "traceback", m->traceback
+                                                        ? celeriac_value_new_string(m->traceback)
+                                                        : celeriac_value_new_null()) == 0;
+    ok = ok && celeriac_value_set(doc, "children", celeriac_value_new_array()) == 0;
+    if (m->ready) {
+        util_iso8601_format(util_now(), date, sizeof date);
+        ok = ok && celeriac_value_set(doc, "date_done", celeriac_value_new_string(date)) == 0;
+    } else {
+        ok = ok && celeriac_value_set(doc, "date_done", celeriac_value_new_null()) == 0;
+    }
+    if (m->group_id)
+        ok = ok && celeriac_value_set(doc, "group_id", celeriac_value_new_string(m->group_id)) == 0;
+    if (m->parent_id)
+        ok = ok &&
+             celeriac_value_set(doc, "parent_id", celeriac_value_new_string(m->parent_id)) == 0;
+    ok = ok && celeriac_value_set(doc, "task_id", celeriac_value_new_string(m->task_id)) == 0;
+    if (ok)
+        out = celeriac_value_to_json(doc);
+    celeriac_value_free(doc);
+    if (out && len)
+        *len = strlen(out);
+    return out;
+}
+
+int backend_store_meta(struct backend *b, const struct result_meta *m)
+{
+    size_t len;
+    char *json = backend_encode_meta(m, &len);
+    if (!json)
+        return CELERIAC_ENOMEM;
+    int rc = b->ops->store(b, m->task_id, json, len);
+    free(json);
+    return rc;
+}
+
+celeriac_value *backend_exception(const char *exc_module, const char *exc_type,
+                                  const char *message)
+{
+    celeriac_value *e = celeriac_value_new_object();
+    celeriac_value *args = celeriac_value_new_array();
+    if (!e || !args) {
+        celeriac_value_free(e);
+        celeriac_value_free(args);
+        return NULL;
+    }
+    celeriac_value_append(args, celeriac_value_new_string(message ? message : ""));
+    if (celeriac_value_set(e, "exc_type", celeriac_value_new_string(exc_type)) < 0 ||
+        celeriac_value_set(e, "exc_message", args) < 0 ||
+        celeriac_value_set(e, "exc_module", celeriac_value_new_string(exc_module)) < 0) {
+        celeriac_value_free(e);
+        return NULL;
+    }
+    return e;
+}
+
+int backend_store_failure(struct backend *b, const char *task_id, const char *exc_module,
+                          const char *exc_type, const char *message, const char *parent_id,
+                          const char *group_id)
+{
+    celeriac_value *exc = backend_exception(exc_module, exc_type, message);
+    if (!exc)
+        return CELERIAC_ENOMEM;
+    struct buf tb = {0};
+    buf_printf(&tb, "Traceback (most recent call last):\n  File \"celeriac\", in worker\n%s%s%s: %s\n",
+               strcmp(exc_module, "builtins") ? exc_module : "",
+               strcmp(exc_module, "builtins") ? "." : "", exc_type, message ? message : "");
+    struct result_meta m = {.task_id = task_id, .status = "FAILURE", .result = exc,
+                            .traceback = tb.p, .parent_id = parent_id, .group_id = group_id,
+                            .ready = 1};
+    int rc = backend_store_meta(b, &m);
+    celeriac_value_free(exc);
+    buf_free(&tb);
+    return rc;
+}

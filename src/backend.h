@@ -1,0 +1,61 @@
+/* backend.h - result backends behind one vtable, and the backend-independent
+ * part: Celery's result meta document and exception documents. */
+#ifndef CELERIAC_BACKEND_H
+#define CELERIAC_BACKEND_H
+
+#include <stddef.h>
+#include "celeriac.h"
+
+/* One stored state, as Celery's _get_result_meta writes it. */
+struct result_meta {
+    const char *task_id;
+    const char *status;            /* SUCCESS, FAILURE, STARTED, PROCESSING, ... */
+    const celeriac_value *result;  /* borrowed; NULL is JSON null */
+    const char *traceback;         /* or NULL */
+    const char *group_id;          /* written only when set */
+    const char *parent_id;         /* written only when set */
+    int ready;                     /* SUCCESS/FAILURE/REVOKED: date_done is set */
+};
+
+struct backend;
+
+struct backend_ops {
+    const char *scheme;
+    /* Stores an encoded meta document for task_id unless the stored state is
+     * already SUCCESS (success is final), and wakes waiters. 0 or negative. */
+    int (*store)(struct backend *b, const char *task_id, const char *json, size_t len);
+    /* Reads the stored status into buf ("" when there is none). */
+    int (*get_status)(struct backend *b, const char *task_id, char *buf, size_t len);
+    void (*free)(struct backend *b);
+};
+
+struct backend {
+    const struct backend_ops *ops;
+    long expires;          /* result_expires seconds, 0 = keep forever */
+    double retry_timeout;  /* how long store() retries while unreachable */
+    int err;               /* last CELERIAC_E* */
+    char errstr[256];      /* last error, one line */
+};
+
+/* Opens a backend by URL scheme (redis://, redis+socket://, unix://). The
+ * connection is made lazily on first use. Caller frees with backend_free().
+ * NULL with err set when the URL is unusable. */
+struct backend *backend_new(const char *url, long expires, double retry_timeout, char *err,
+                            size_t errlen);
+void backend_free(struct backend *b);
+
+/* Encodes m as JSON (key order as Celery 5.2 writes it). Caller frees with free(). */
+char *backend_encode_meta(const struct result_meta *m, size_t *len);
+/* Encodes and stores m. */
+int backend_store_meta(struct backend *b, const struct result_meta *m);
+/* Celery's exception document {"exc_type", "exc_message": [message], "exc_module"}.
+ * Caller frees with celeriac_value_free(). */
+celeriac_value *backend_exception(const char *exc_module, const char *exc_type,
+                                  const char *message);
+/* Stores FAILURE with an exception document for task_id (a traceback line is
+ * generated). */
+int backend_store_failure(struct backend *b, const char *task_id, const char *exc_module,
+                          const char *exc_type, const char *message, const char *parent_id,
+                          const char *group_id);
+
+#endif

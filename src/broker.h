@@ -1,0 +1,68 @@
+/* broker.h - brokers behind one vtable. The worker never branches on kind:
+ * Redis now, AMQP later. Fetching is split into start/read so the worker's
+ * poll loop can wait on the broker and its pool at once. */
+#ifndef CELERIAC_BROKER_H
+#define CELERIAC_BROKER_H
+
+#include <stddef.h>
+
+/* One message as it came off a queue. */
+struct broker_delivery {
+    char *body;       /* owned: the raw envelope (kombu JSON on Redis), NUL-terminated */
+    size_t len;
+    char queue[256];  /* queue name without any priority suffix */
+};
+
+/* What the broker needs to remember about a reserved message. */
+struct broker_reservation {
+    const char *delivery_tag; /* borrowed */
+    const char *exchange;     /* borrowed; "" for the default exchange */
+    const char *routing_key;  /* borrowed */
+    int priority;
+};
+
+struct broker;
+
+struct broker_ops {
+    const char *name;
+    /* Connects (or reconnects) all links and declares the consumed queues. */
+    int (*connect)(struct broker *b);
+    /* Drops all links without touching the server's state. */
+    void (*disconnect)(struct broker *b);
+    /* Consume from these queues (replaces the list). Borrowed for the call. */
+    int (*set_queues)(struct broker *b, char **queues, size_t n);
+    /* Asks for the next message unless a request is outstanding. */
+    int (*fetch_start)(struct broker *b);
+    /* fd to poll for POLLIN while a fetch is outstanding, else -1. */
+    int (*fetch_fd)(struct broker *b);
+    /* Completes a fetch when fetch_fd is readable: 1 = message in *out (caller
+     * frees out->body), 0 = none yet (timeout or partial read), negative on error. */
+    int (*fetch_read)(struct broker *b, struct broker_delivery *out);
+    /* Records a delivered message as unacknowledged (Celery's QoS). */
+    int (*reserve)(struct broker *b, const struct broker_reservation *r, const char *body,
+                   size_t len);
+    int (*ack)(struct broker *b, const char *delivery_tag);
+    /* requeue: put back at the tail (Redis: LPUSH) as kombu's reject does. */
+    int (*reject)(struct broker *b, const char *delivery_tag, int requeue);
+    /* Puts an unacknowledged message back at the head of its queue (restore). */
+    int (*restore)(struct broker *b, const char *delivery_tag);
+    /* Restores every unacked message older than visibility_timeout seconds
+     * (any worker's), as kombu's restore_visible does. Returns the count. */
+    int (*restore_visible)(struct broker *b, double visibility_timeout);
+    /* Publishes a message to a queue (default exchange). */
+    int (*publish)(struct broker *b, const char *queue, int priority, const char *body,
+                   size_t len);
+    void (*free)(struct broker *b);
+};
+
+struct broker {
+    const struct broker_ops *ops;
+    int err;           /* last CELERIAC_E* */
+    char errstr[256];  /* last error, one line */
+};
+
+/* By URL scheme. Caller frees with broker_free(). NULL with err set. */
+struct broker *broker_new(const char *url, char *err, size_t errlen);
+void broker_free(struct broker *b);
+
+#endif

@@ -1,0 +1,604 @@
+/* broker_redis.c - kombu's Redis transport as a broker: priority queues,
+ * BRPOP, bindings, the unacked/unacked_index ack emulation and visibility
+ * restore. It does not decode task messages (only envelopes it restores). */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker.h"
+#include "log.h"
+#include "redis_conn.h"
+#include "util.h"
+#include "value.h"
+
+#define SEP "\x06\x16"
+#define UNACKED "unacked"
+#define UNACKED_INDEX "unacked_index"
+#define UNACKED_MUTEX "unacked_mutex"
+#define UNACKED_MUTEX_EXPIRE_MS 300000
+#define BRPOP_TIMEOUT "1"
+
+static const int priority_steps[] = {0, 3, 6, 9};
+#define NSTEPS (sizeof priority_steps / sizeof priority_steps[0])
+
+struct broker_redis {
+    struct broker base;
+    struct redis_conn cmd;     /* commands: acks, restore, publish */
+    struct redis_conn consume; /* BRPOP only, read from the poll loop */
+    char **queues;             /* owned; consume order, rotated round-robin */
+    size_t nqueues;
+    int fetching;              /* a BRPOP is outstanding on consume */
+};
+
+static void set_err(struct broker_redis *r, int err, const char *s)
+{
+    r->base.err = err;
+    snprintf(r->base.errstr, sizeof r->base.errstr, "%s", s);
+}
+
+/* The list key for a queue at a priority, as kombu's _q_for_pri names it. */
+static void priority_key(const char *queue, int priority, char *buf, size_t len)
+{
+    int step = 0;
+    if (priority < 0)
+        priority = 0;
+    if (priority > 9)
+        priority = 9;
+    for (size_t i = 0; i < NSTEPS; i++)
+        if (priority_steps[i] <= priority)
+            step = priority_steps[i];
+    if (step)
+        snprintf(buf, len, "%s" SEP "%d", queue, step);
+    else
+        snprintf(buf, len, "%s", queue);
+}
+
+static int declare_bindings(struct broker_redis *r)
+{
+    for (size_t i = 0; i < r->nqueues; i++) {
+        char key[300], member[600];
+        snprintf(key, sizeof key, "_kombu.binding.%s", r->queues[i]);
+        int n = snprintf(member, sizeof member, "%s" SEP SEP "%s", r->queues[i], r->queues[i]);
+        const char *argv[3] = {"SADD", key, member};
+        size_t lens[3] = {4, strlen(key), (size_t)n};
+        redisReply *rep = redis_conn_cmd(&r->cmd, 3, argv, lens);
+        if (!rep) {
+            set_err(r, CELERIAC_ECONN, r->cmd.errstr);
+            return CELERIAC_ECONN;
+        }
+        freeReplyObject(rep);
+    }
+    return 0;
+}
+
+static int redis_connect(struct broker *b)
+{
+    struct broker_redis *r = (struct broker_redis *)b;
+    r->fetching = 0;
+    int rc = redis_conn_open(&r->cmd);
+    if (rc == 0)
+        rc = redis_conn_open(&r->consume);
+    if (rc < 0) {
+        set_err(r, rc, r->cmd.err ? r->cmd.errstr : r->consume.errstr);
+        redis_conn_close(&r->cmd);
+        redis_conn_close(&r->consume);
+        return rc;
+    }
+    return declare_bindings(r);
+}
+
+static void redis_disconnect(struct broker *b)
+{
+    struct broker_redis *r = (struct broker_redis *)b;
+    redis_conn_close(&r->cmd);
+    redis_conn_close(&r->consume);
+    r->fetching = 0;
+}
+
+static void free_queues(struct broker_redis *r)
+{
+    for (size_t i = 0; i < r->nqueues; i++)
+        free(r->queues[i]);
+    free(r->queues);
+    r->queues = NULL;
+    r->nqueues = 0;
+}
+
+static int redis_set_queues(struct broker *b, char **queues, size_t n)
+{
+    struct broker_redis *r = (struct broker_redis *)b;
+    char **q = calloc(n ? n : 1, sizeof *q);
+    if (!q)
+        return CELERIAC_ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        q[i] = strdup(queues[i]);
+        if (!q[i] || strlen(q[i]) > 200) {
+            int rc = q[i] ? CELERIAC_EINVAL : CELERIAC_ENOMEM;
+            for (size_t k = 0; k <= i; k++)
+                free(q[k]);
+            free(q);
+            return rc;
+        }
+    }
+    free_queues(r);
+    r->queues = q;
+    r->nqueues = n;
+    return r->cmd.ctx ? declare_bindings(r) : 0;
+}
+
+static int redis_fetch_start(struct broker *b)
+{
+    struct broker_redis *r = (struct broker_redis *)b;
+    if (r->fetching)
+        return 0;
+    if (!r->consume.ctx) {
+        set_err(r, CELERIAC_ECONN, "not connected");
+        return CELERIAC_ECONN;
+    }
+    if (r->nqueues == 0)
+        return 0;
+    /* BRPOP q1 q2 q1SEP3 q2SEP3 ... q2SEP9 timeout: step 0 of every queue first. */
+    size_t argc = 1 + r->nqueues * NSTEPS + 1;
+    const char **argv = calloc(argc, sizeof *argv);
+    char (*keys)[256] = calloc(r->nqueues * NSTEPS, sizeof *keys);
+    if (!argv || !keys) {
+        free(argv);
+        free(keys);
+        return CELERIAC_ENOMEM;
+    }
+    size_t k = 0;
+    argv[k++] = "BRPOP";
+    for (size_t s = 0; s < NSTEPS; s++)
+        for (size_t q = 0; q < r->nqueues; q++) {
+            char *key = keys[s * r->nqueues + q];
+            priority_key(r->queues[q], priority_steps[s], key, 256);
+            argv[k++] = key;
+        }
+    argv[k++] = BRPOP_TIMEOUT;
+    int rc = redisAppendCommandArgv(r->consume.ctx, (int)argc, argv, NULL);
+    free(argv);
+    free(keys);
+    if (rc != REDIS_OK) {
+        redis_conn_fail(&r->consume, "BRPOP");
+        set_err(r, CELERIAC_ECONN, r->consume.errstr);
+        return CELERIAC_ECONN;
+    }
+    int done = 0;
+    while (!done)
+        if (redisBufferWrite(r->consume.ctx, &done) != REDIS_OK) {
+            redis_conn_fail(&r->consume, "BRPOP");
+            set_err(r, CELERIAC_ECONN, r->consume.errstr);
+            return CELERIAC_ECONN;
+        }
+    r->fetching = 1;
+    return 0;
+}
+
+static int redis_fetch_fd(struct broker *b)
+{
+    struct broker_redis *r = (struct broker_redis *)b;
+    return r->fetching && r->consume.ctx ? r->consume.ctx->fd : -1;
+}
+
+/* Moves queue i to the end of the consume order (kombu's round_robin). */
+static void rotate(struct broker_redis *r, size_t i)
+{
+    char *q = r->queues[i];
+    memmove(&r->queues[i], &r->queues[i + 1], (r->nqueues - i - 1) * sizeof *r->queues);
+    r->queues[r->nqueues - 1] = q;
+}
+
+static int redis_fetch_read(struct broker *b, struct broker_delivery *out)
+{
+    struct broker_redis *r = (struct broker_redis *)b;
+    if (!r->fetching || !r->consume.ctx)
+        return 0;
+    if (redisBufferRead(r->consume.ctx) != REDIS_OK) {
+        redis_conn_fail(&r->consume, "BRPOP");
+        set_err(r, CELERIAC_ECONN, r->consume.errstr);
+        r->fetching = 0;
+        return CELERIAC_ECONN;
+    }
+    void *reply = NULL;
+    if (redisGetReplyFromReader(r->consume.ctx, &reply) != REDIS_OK) {
+        redis_conn_fail(&r->consume, "BRPOP");
+        set_err(r, CELERIAC_ECONN, r->consume.errstr);
+        r->fetching = 0;
+        return CELERIAC_ECONN;
+    }
+    if (!reply)
+        return 0; /* partial reply: wait for more bytes */
+    r->fetching = 0;
+    redisReply *rep = reply;
+    int rc = 0;
+    if (rep->type == REDIS_REPLY_NIL) {
+        rc = 0;
+    } else if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
+               rep->element[0]->type == REDIS_REPLY_STRING &&
+               rep->element[1]->type == REDIS_REPLY_STRING) {
+        const char *key = rep->element[0]->str;
+        size_t klen = rep->element[0]->len;
+        /* Strip a trailing SEP<step> to get the queue name. */
+        const char *sep = NULL;
+        for (size_t i = 0; i + 1 < klen; i++)
+            if (key[i] == SEP[0] && key[i + 1] == SEP[1])
+                sep = key + i;
+        size_t qlen = sep ? (size_t)(sep - key) : klen;
+        if (qlen >= sizeof out->queue)
+            qlen = sizeof out->queue - 1;
+        memcpy(out->queue, key, qlen);
+        out->queue[qlen] = 0;
+        out->body = malloc(rep->element[1]->len + 1);
+        if (!out->body) {
+            rc = CELERIAC_ENOMEM;
+        } else {
+            memcpy(out->body, rep->element[1]->str, rep->element[1]->len);
+            out->body[rep->element[1]->len] = 0;
+            out->len = rep->element[1]->len;
+            rc = 1;
+        }
+        for (size_t i = 0; i < r->nqueues; i++)
+            if (strcmp(r->queues[i], out->queue) == 0) {
+                rotate(r, i);
+                break;
+            }
+    } else if (rep->type == REDIS_REPLY_ERROR) {
+        set_err(r, CELERIAC_EPROTO, rep->str);
+        rc = CELERIAC_EPROTO;
+    } else {
+        set_err(r, CELERIAC_EPROTO, "unexpected BRPOP reply");
+        rc = CELERIAC_EPROTO;
+    }
+    freeReplyObject(rep);
+    return rc;
+}
+
+/* Runs queued commands MULTI ... EXEC (n commands including both) and checks
+ * the EXEC reply. */
+static int run_pipeline(struct broker_redis *r, int n, const char *what)
+{
+    redisReply *reps[8];
+    if (redis_conn_pipeline_read(&r->cmd, reps, n) < 0) {
+        set_err(r, CELERIAC_ECONN, r->cmd.errstr);
+        return CELERIAC_ECONN;
+    }
+    int rc = 0;
+    for (int i = 0; i < n; i++) {
+        if (reps[i]->type == REDIS_REPLY_ERROR && rc == 0) {
+            char msg[256];
+            snprintf(msg, sizeof msg, "%s: %s", what, reps[i]->str);
+            set_err(r, CELERIAC_EPROTO, msg);
+            rc = CELERIAC_EPROTO;
+        }
+        freeReplyObject(reps[i]);
+    }
+    return rc;
+}
+
+static int append(struct broker_redis *r, int argc, const char **argv, const size_t *lens)
+{
+    if (!r->cmd.ctx || redisAppendCommandArgv(r->cmd.ctx, argc, argv, lens) != REDIS_OK) {
+        set_err(r, CELERIAC_ECONN, "not connected");
+        return CELERIAC_ECONN;
+    }
+    return 0;
+}
+
+static char *json_string(const char *s)
+{
+    celeriac_value *v = celeriac_value_new_string(s ? s : "");
+    char *out = v ? celeriac_value_to_json(v) : NULL;
+    celeriac_value_free(v);
+    return out;
+}
+
+static int redis_reserve(struct broker *b, const struct broker_reservation *res,
+                         const char *body, size_t len)
+{
+    struct broker_redis *r = (struct broker_redis *)b;
+    /* unacked value: [envelope, exchange, routing_key] as kombu's QoS.append. */
+    char *ex = json_string(res->exchange), *rk = json_string(res->routing_key);
+    struct buf v = {0};
+    int rc = CELERIAC_ENOMEM;
+    if (!ex || !rk || buf_puts(&v, "[") < 0 || buf_append(&v, body, len) < 0 ||
+        buf_printf(&v, ", %s, %s]", ex, rk) < 0)
+        goto out;
+    char score[40];
+    snprintf(score, sizeof score, "%.6f", util_now());
+    const char *multi[1] = {"MULTI"}, *exec[1] = {"EXEC"};
+    const char *zadd[4] = {"ZADD", UNACKED_INDEX, score, res->delivery_tag};
+    const char *hset[4] = {"HSET", UNACKED, res->delivery_tag, v.p};
+    size_t hlens[4] = {4, strlen(UNACKED), strlen(res->delivery_tag), v.len};
+    if ((rc = append(r, 1, multi, NULL)) < 0 || (rc = append(r, 4, zadd, NULL)) < 0 ||
+        (rc = append(r, 4, hset, hlens)) < 0 || (rc = append(r, 1, exec, NULL)) < 0)
+        goto out;
+    rc = run_pipeline(r, 4, "reserve");
+out:
+    free(ex);
+    free(rk);
+    buf_free(&v);
+    return rc;
+}
+
+static int redis_ack(struct broker *b, const char *tag)
+{
+    struct broker_redis *r = (struct broker_redis *)b;
+    const char *multi[1] = {"MULTI"}, *exec[1] = {"EXEC"};
+    const char *zrem[3] = {"ZREM", UNACKED_INDEX, tag};
+    const char *hdel[3] = {"HDEL", UNACKED, tag};
+    int rc;
+    if ((rc = append(r, 1, multi, NULL)) < 0 || (rc = append(r, 3, zrem, NULL)) < 0 ||
+        (rc = append(r, 3, hdel, NULL)) < 0 || (rc = append(r, 1, exec, NULL)) < 0)
+        return rc;
+    return run_pipeline(r, 4, "ack");
+}
+
+/* Finds the queue(s) for (exchange, routing_key): the default exchange routes
+ * by queue name; others through their _kombu.binding set. Writes the first
+ * match into queue. */
+static int route(struct broker_redis *r, const char *exchange, const char *rk, char *queue,
+                 size_t len)
+{
+    if (!exchange || !*exchange) {
+        snprintf(queue, len, "%s", rk ? rk : "");
+        return queue[0] ? 0 : CELERIAC_ENOTFOUND;
+    }
+    redisReply *rep = redis_conn_cmdf(&r->cmd, "SMEMBERS _kombu.binding.%s", exchange);
+    if (!rep)
+        return CELERIAC_ECONN;
+    int rc = CELERIAC_ENOTFOUND;
+    for (size_t i = 0; rep->type == REDIS_REPLY_ARRAY && i < rep->elements && rc; i++) {
+        const char *m = rep->element[i]->str;
+        const char *s1 = m ? strstr(m, SEP) : NULL;
+        const char *s2 = s1 ? strstr(s1 + 2, SEP) : NULL;
+        if (!s2)
+            continue;
+        if ((size_t)(s1 - m) == strlen(rk ? rk : "") && strncmp(m, rk ? rk : "", (size_t)(s1 - m)) == 0) {
+            snprintf(queue, len, "%s", s2 + 2);
+            rc = 0;
+        }
+    }
+    freeReplyObject(rep);
+    if (rc && rk && *rk) {
+        snprintf(queue, len, "%s", rk); /* kombu would drop it; keeping it is safer */
+        rc = 0;
+    }
+    return rc;
+}
+
+/* Marks an envelope redelivered (headers and delivery_info), as kombu does on
+ * restore. Returns a new JSON text (caller frees) or NULL to keep it as is. */
+static char *mark_redelivered(const char *env, size_t len, int *priority)
+{
+    celeriac_value *v = celeriac_value_from_json(env, len);
+    char *out = NULL;
+    *priority = 0;
+    if (!v || celeriac_value_type(v) != CELERIAC_OBJECT)
+        goto out;
+    celeriac_value *h = (celeriac_value *)celeriac_value_get(v, "headers");
+    celeriac_value *p = (celeriac_value *)celeriac_value_get(v, "properties");
+    if (celeriac_value_type(h) == CELERIAC_OBJECT)
+        celeriac_value_set(h, "redelivered", celeriac_value_new_bool(1));
+    if (celeriac_value_type(p) == CELERIAC_OBJECT) {
+        *priority = (int)celeriac_value_int(celeriac_value_get(p, "priority"));
+        celeriac_value *di = (celeriac_value *)celeriac_value_get(p, "delivery_info");
+        if (celeriac_value_type(di) == CELERIAC_OBJECT)
+            celeriac_value_set(di, "redelivered", celeriac_value_new_bool(1));
+    }
+    out = celeriac_value_to_json(v);
+out:
+    celeriac_value_free(v);
+    return out;
+}
+
+/* Moves one unacked message back to its queue: head (RPUSH) for restore,
+ * tail (LPUSH) for reject-requeue. 1 = moved, 0 = not there any more. */
+static int move_back(struct broker_redis *r, const char *tag, int head)
+{
+    for (int attempt = 0; attempt < 5; attempt++) {
+        redisReply *w = redis_conn_cmdf(&r->cmd, "WATCH " UNACKED);
+        if (!w)
+            return CELERIAC_ECONN;
+        freeReplyObject(w);
+        redisReply *g = redis_conn_cmdf(&r->cmd, "HGET " UNACKED " %s", tag);
+        if (!g)
+            return CELERIAC_ECONN;
+        if (g->type != REDIS_REPLY_STRING) {
+            freeReplyObject(g);
+            redisReply *u = redis_conn_cmdf(&r->cmd, "UNWATCH");
+            if (u)
+                freeReplyObject(u);
+            /* Not in the hash: drop any stale index entry. */
+            redisReply *z = redis_conn_cmdf(&r->cmd, "ZREM " UNACKED_INDEX " %s", tag);
+            if (z)
+                freeReplyObject(z);
+            return 0;
+        }
+        /* [envelope, exchange, routing_key] */
+        celeriac_value *item = celeriac_value_from_json(g->str, g->len);
+        char queue[256] = "";
+        char *env = NULL;
+        int priority = 0;
+        if (item && celeriac_value_type(item) == CELERIAC_ARRAY && celeriac_value_len(item) == 3) {
+            char *raw = celeriac_value_to_json(celeriac_value_at(item, 0));
+            if (raw) {
+                env = mark_redelivered(raw, strlen(raw), &priority);
+                if (!env)
+                    env = raw;
+                else
+                    free(raw);
+            }
+            route(r, celeriac_value_string(celeriac_value_at(item, 1), NULL),
+                  celeriac_value_string(celeriac_value_at(item, 2), NULL), queue, sizeof queue);
+        }
+        celeriac_value_free(item);
+        freeReplyObject(g);
+        if (!env || !queue[0]) {
+            log_error("unacked message %s cannot be restored (malformed entry); dropping it", tag);
+            free(env);
+            redisReply *u = redis_conn_cmdf(&r->cmd, "UNWATCH");
+            if (u)
+                freeReplyObject(u);
+            return redis_ack(&r->base, tag) < 0 ? CELERIAC_ECONN : 0;
+        }
+        char key[300];
+        priority_key(queue, priority, key, sizeof key);
+        const char *multi[1] = {"MULTI"}, *exec[1] = {"EXEC"};
+        const char *zrem[3] = {"ZREM", UNACKED_INDEX, tag};
+        const char *hdel[3] = {"HDEL", UNACKED, tag};
+        const char *push[3] = {head ? "RPUSH" : "LPUSH", key, env};
+        int rc;
+        if ((rc = append(r, 1, multi, NULL)) < 0 || (rc = append(r, 3, zrem, NULL)) < 0 ||
+            (rc = append(r, 3, hdel, NULL)) < 0 || (rc = append(r, 3, push, NULL)) < 0 ||
+            (rc = append(r, 1, exec, NULL)) < 0) {
+            free(env);
+            return rc;
+        }
+        free(env);
+        redisReply *reps[5];
+        if (redis_conn_pipeline_read(&r->cmd, reps, 5) < 0)
+            return CELERIAC_ECONN;
+        int aborted = reps[4]->type == REDIS_REPLY_NIL;
+        for (int i = 0; i < 5; i++)
+            freeReplyObject(reps[i]);
+        if (!aborted)
+            return 1;
+        /* Another worker changed the hash meanwhile: try again. */
+    }
+    return 0;
+}
+
+static int redis_reject(struct broker *b, const char *tag, int requeue)
+{
+    struct broker_redis *r = (struct broker_redis *)b;
+    if (!requeue)
+        return redis_ack(b, tag); /* reject without requeue discards, as in kombu */
+    int rc = move_back(r, tag, 0);
+    if (rc == CELERIAC_ECONN)
+        set_err(r, rc, r->cmd.errstr);
+    return rc < 0 ? rc : 0;
+}
+
+static int redis_restore(struct broker *b, const char *tag)
+{
+    struct broker_redis *r = (struct broker_redis *)b;
+    int rc = move_back(r, tag, 1);
+    if (rc == CELERIAC_ECONN)
+        set_err(r, rc, r->cmd.errstr);
+    return rc < 0 ? rc : 0;
+}
+
+static const char release_script[] =
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) "
+    "else return 0 end";
+
+static int redis_restore_visible(struct broker *b, double visibility_timeout)
+{
+    struct broker_redis *r = (struct broker_redis *)b;
+    char token[37];
+    util_uuid4(token);
+    redisReply *m = redis_conn_cmdf(&r->cmd, "SET " UNACKED_MUTEX " %s PX %d NX", token,
+                                    UNACKED_MUTEX_EXPIRE_MS);
+    if (!m) {
+        set_err(r, CELERIAC_ECONN, r->cmd.errstr);
+        return CELERIAC_ECONN;
+    }
+    int locked = m->type == REDIS_REPLY_STATUS;
+    freeReplyObject(m);
+    if (!locked)
+        return 0; /* another worker is restoring */
+    char ceiling[40];
+    snprintf(ceiling, sizeof ceiling, "%.6f", util_now() - visibility_timeout);
+    redisReply *z =
+        redis_conn_cmdf(&r->cmd, "ZREVRANGEBYSCORE " UNACKED_INDEX " %s 0 WITHSCORES", ceiling);
+    int restored = 0, rc = 0;
+    if (!z) {
+        rc = CELERIAC_ECONN;
+    } else {
+        for (size_t i = 0; z->type == REDIS_REPLY_ARRAY && i + 1 < z->elements; i += 2) {
+            int one = move_back(r, z->element[i]->str, 1);
+            if (one < 0) {
+                rc = one;
+                break;
+            }
+            if (one > 0) {
+                restored++;
+                log_warning("restored unacknowledged message %s (older than visibility_timeout "
+                            "%.0f s)",
+                            z->element[i]->str, visibility_timeout);
+            }
+        }
+        freeReplyObject(z);
+    }
+    redisReply *u = redis_conn_cmdf(&r->cmd, "EVAL %s 1 " UNACKED_MUTEX " %s", release_script,
+                                    token);
+    if (u)
+        freeReplyObject(u);
+    if (rc < 0) {
+        set_err(r, rc, r->cmd.errstr);
+        return rc;
+    }
+    return restored;
+}
+
+static int redis_publish(struct broker *b, const char *queue, int priority, const char *body,
+                         size_t len)
+{
+    struct broker_redis *r = (struct broker_redis *)b;
+    char key[300];
+    priority_key(queue, priority, key, sizeof key);
+    const char *argv[3] = {"LPUSH", key, body};
+    size_t lens[3] = {5, strlen(key), len};
+    redisReply *rep = redis_conn_cmd(&r->cmd, 3, argv, lens);
+    if (!rep) {
+        set_err(r, CELERIAC_ECONN, r->cmd.errstr);
+        return CELERIAC_ECONN;
+    }
+    freeReplyObject(rep);
+    return 0;
+}
+
+static void redis_free(struct broker *b)
+{
+    struct broker_redis *r = (struct broker_redis *)b;
+    redis_disconnect(b);
+    free_queues(r);
+    free(r);
+}
+
+static const struct broker_ops redis_ops = {
+    .name = "redis",
+    .connect = redis_connect,
+    .disconnect = redis_disconnect,
+    .set_queues = redis_set_queues,
+    .fetch_start = redis_fetch_start,
+    .fetch_fd = redis_fetch_fd,
+    .fetch_read = redis_fetch_read,
+    .reserve = redis_reserve,
+    .ack = redis_ack,
+    .reject = redis_reject,
+    .restore = redis_restore,
+    .restore_visible = redis_restore_visible,
+    .publish = redis_publish,
+    .free = redis_free,
+};
+
+struct broker *broker_redis_new(const char *url, char *err, size_t errlen);
+struct broker *broker_redis_new(const char *url, char *err, size_t errlen)
+{
+    struct broker_redis *r = calloc(1, sizeof *r);
+    if (!r) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    if (url_parse_redis(url, &r->cmd.url, err, errlen) < 0) {
+        free(r);
+        return NULL;
+    }
+    r->consume.url = r->cmd.url;
+    r->cmd.timeout = 10;
+    r->consume.timeout = 10;
+    r->base.ops = &redis_ops;
+    return &r->base;
+}

@@ -1,0 +1,279 @@
+/* codec.c - owns base64 and zlib/bzip2 decompression of message bodies, every output capped; it does not know about JSON, envelopes or content types other than compression names. */
+#include "codec.h"
+
+#include <bzlib.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <zlib.h>
+
+#include "celeriac.h"
+
+/* 0..63 for the standard and urlsafe alphabets, 64 for whitespace, 65 for '=',
+ * 255 for anything else. */
+static unsigned char b64_class(unsigned char c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return (unsigned char)(c - 'A');
+    if (c >= 'a' && c <= 'z')
+        return (unsigned char)(c - 'a' + 26);
+    if (c >= '0' && c <= '9')
+        return (unsigned char)(c - '0' + 52);
+    switch (c) {
+    case '+':
+    case '-':
+        return 62;
+    case '/':
+    case '_':
+        return 63;
+    case ' ':
+    case '\t':
+    case '\r':
+    case '\n':
+    case '\f':
+    case '\v':
+        return 64;
+    case '=':
+        return 65;
+    default:
+        return 255;
+    }
+}
+
+int codec_base64_decode(const char *in, size_t len, size_t max_out, unsigned char **out,
+                        size_t *outlen)
+{
+    if (!out || !outlen || (!in && len))
+        return CELERIAC_EINVAL;
+    *out = NULL;
+    *outlen = 0;
+    /* Pass 1: validate and count. */
+    size_t data = 0, pad = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char k = b64_class((unsigned char)in[i]);
+        if (k == 255)
+            return CELERIAC_EPARSE;
+        if (k == 64)
+            continue;
+        if (k == 65) {
+            pad++;
+            continue;
+        }
+        if (pad)
+            return CELERIAC_EPARSE; /* data after padding */
+    }
+    for (size_t i = 0; i < len; i++) {
+        unsigned char k = b64_class((unsigned char)in[i]);
+        if (k < 64)
+            data++;
+    }
+    if (data % 4 == 1 || pad > 2 || (pad && (data + pad) % 4 != 0))
+        return CELERIAC_EPARSE;
+    size_t n = data / 4 * 3 + (data % 4 ? data % 4 - 1 : 0);
+    if (n > max_out)
+        return CELERIAC_ETOOBIG;
+    unsigned char *o = malloc(n + 1);
+    if (!o)
+        return CELERIAC_ENOMEM;
+    /* Pass 2: decode. */
+    uint32_t acc = 0;
+    int bits = 0;
+    size_t w = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char k = b64_class((unsigned char)in[i]);
+        if (k >= 64)
+            continue;
+        acc = (acc << 6) | k;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            o[w++] = (unsigned char)(acc >> bits);
+            acc &= (1u << bits) - 1;
+        }
+    }
+    o[w] = 0;
+    *out = o;
+    *outlen = w;
+    return 0;
+}
+
+char *codec_base64_encode(const void *in, size_t len, size_t *outlen)
+{
+    static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const unsigned char *p = in;
+    if (len > (SIZE_MAX - 1) / 4 * 3 - 3)
+        return NULL;
+    size_t n = (len + 2) / 3 * 4;
+    char *o = malloc(n + 1);
+    if (!o)
+        return NULL;
+    size_t w = 0, i = 0;
+    for (; i + 2 < len; i += 3) {
+        uint32_t v = (uint32_t)p[i] << 16 | (uint32_t)p[i + 1] << 8 | p[i + 2];
+        o[w++] = tbl[v >> 18];
+        o[w++] = tbl[(v >> 12) & 63];
+        o[w++] = tbl[(v >> 6) & 63];
+        o[w++] = tbl[v & 63];
+    }
+    if (i < len) {
+        uint32_t v = (uint32_t)p[i] << 16 | (i + 1 < len ? (uint32_t)p[i + 1] << 8 : 0);
+        o[w++] = tbl[v >> 18];
+        o[w++] = tbl[(v >> 12) & 63];
+        o[w++] = i + 1 < len ? tbl[(v >> 6) & 63] : '=';
+        o[w++] = '=';
+    }
+    o[w] = 0;
+    if (outlen)
+        *outlen = w;
+    return o;
+}
+
+/* Output buffer that grows up to max_out + 1 bytes (the extra byte detects
+ * "more than allowed" without a second pass). */
+struct capbuf {
+    unsigned char *p;
+    size_t len, cap, limit;
+};
+
+static int capbuf_grow(struct capbuf *b)
+{
+    if (b->cap >= b->limit)
+        return CELERIAC_ETOOBIG;
+    size_t cap = b->cap ? b->cap * 2 : 16384;
+    if (cap > b->limit || cap < b->cap)
+        cap = b->limit;
+    unsigned char *np = realloc(b->p, cap + 1);
+    if (!np)
+        return CELERIAC_ENOMEM;
+    b->p = np;
+    b->cap = cap;
+    return 0;
+}
+
+static int inflate_capped(const void *in, size_t len, size_t max_out, struct capbuf *b)
+{
+    z_stream zs;
+    memset(&zs, 0, sizeof zs);
+    if (inflateInit2(&zs, 15 + 32) != Z_OK) /* zlib or gzip framing */
+        return CELERIAC_ENOMEM;
+    int rc = 0;
+    const unsigned char *src = in;
+    size_t left = len;
+    for (;;) {
+        if (zs.avail_in == 0 && left) {
+            zs.next_in = (Bytef *)(uintptr_t)src;
+            zs.avail_in = left > UINT32_MAX ? UINT32_MAX : (uInt)left;
+            src += zs.avail_in;
+            left -= zs.avail_in;
+        }
+        if (b->len == b->cap && (rc = capbuf_grow(b)) < 0)
+            break;
+        size_t room = b->cap - b->len;
+        zs.next_out = b->p + b->len;
+        zs.avail_out = room > UINT32_MAX ? UINT32_MAX : (uInt)room;
+        uInt before = zs.avail_out;
+        int zr = inflate(&zs, Z_NO_FLUSH);
+        b->len += before - zs.avail_out;
+        if (zr == Z_STREAM_END) {
+            if (zs.avail_in || left)
+                rc = CELERIAC_EPARSE; /* trailing garbage */
+            break;
+        }
+        if (zr == Z_MEM_ERROR) {
+            rc = CELERIAC_ENOMEM;
+            break;
+        }
+        if (zr != Z_OK && zr != Z_BUF_ERROR) {
+            rc = CELERIAC_EPARSE;
+            break;
+        }
+        if (zr == Z_BUF_ERROR && zs.avail_in == 0 && left == 0 && zs.avail_out > 0) {
+            rc = CELERIAC_EPARSE; /* truncated */
+            break;
+        }
+    }
+    inflateEnd(&zs);
+    if (rc == 0 && b->len > max_out)
+        rc = CELERIAC_ETOOBIG;
+    return rc;
+}
+
+static int bunzip_capped(const void *in, size_t len, size_t max_out, struct capbuf *b)
+{
+    bz_stream bs;
+    memset(&bs, 0, sizeof bs);
+    if (BZ2_bzDecompressInit(&bs, 0, 0) != BZ_OK)
+        return CELERIAC_ENOMEM;
+    int rc = 0;
+    const char *src = in;
+    size_t left = len;
+    for (;;) {
+        if (bs.avail_in == 0 && left) {
+            bs.next_in = (char *)(uintptr_t)src;
+            bs.avail_in = left > UINT32_MAX ? UINT32_MAX : (unsigned)left;
+            src += bs.avail_in;
+            left -= bs.avail_in;
+        }
+        if (b->len == b->cap && (rc = capbuf_grow(b)) < 0)
+            break;
+        size_t room = b->cap - b->len;
+        bs.next_out = (char *)b->p + b->len;
+        bs.avail_out = room > UINT32_MAX ? UINT32_MAX : (unsigned)room;
+        unsigned before = bs.avail_out;
+        unsigned in_before = bs.avail_in;
+        int br = BZ2_bzDecompress(&bs);
+        b->len += before - bs.avail_out;
+        if (br == BZ_STREAM_END) {
+            if (bs.avail_in || left)
+                rc = CELERIAC_EPARSE;
+            break;
+        }
+        if (br == BZ_MEM_ERROR) {
+            rc = CELERIAC_ENOMEM;
+            break;
+        }
+        if (br != BZ_OK) {
+            rc = CELERIAC_EPARSE;
+            break;
+        }
+        if (bs.avail_in == 0 && left == 0 && bs.avail_out > 0 && in_before == 0 &&
+            before == bs.avail_out) {
+            rc = CELERIAC_EPARSE; /* truncated: no input left, no progress */
+            break;
+        }
+    }
+    BZ2_bzDecompressEnd(&bs);
+    if (rc == 0 && b->len > max_out)
+        rc = CELERIAC_ETOOBIG;
+    return rc;
+}
+
+int codec_decompress(const char *type, const void *in, size_t len, size_t max_out,
+                     unsigned char **out, size_t *outlen)
+{
+    if (!type || !out || !outlen || (!in && len))
+        return CELERIAC_EINVAL;
+    *out = NULL;
+    *outlen = 0;
+    int zlib = !strcasecmp(type, "application/x-gzip") || !strcasecmp(type, "zlib") ||
+               !strcasecmp(type, "gzip");
+    int bz2 = !strcasecmp(type, "application/x-bz2") || !strcasecmp(type, "bzip2") ||
+              !strcasecmp(type, "bz2");
+    if (!zlib && !bz2)
+        return CELERIAC_EUNSUPPORTED;
+    struct capbuf b = {NULL, 0, 0, max_out < SIZE_MAX - 1 ? max_out + 1 : SIZE_MAX - 1};
+    int rc = zlib ? inflate_capped(in, len, max_out, &b) : bunzip_capped(in, len, max_out, &b);
+    if (rc < 0) {
+        free(b.p);
+        return rc;
+    }
+    if (!b.p && (rc = capbuf_grow(&b)) < 0) {
+        free(b.p);
+        return rc;
+    }
+    b.p[b.len] = 0;
+    *out = b.p;
+    *outlen = b.len;
+    return 0;
+}

@@ -1,0 +1,62 @@
+/* config.h - every worker setting in one table: Celery's name, flag, env var,
+ * config-file key, type, default, bounds and help. */
+#ifndef CELERIAC_CONFIG_H
+#define CELERIAC_CONFIG_H
+
+#include <stddef.h>
+#include "tasks/builtin.h"
+
+/* A list setting (queues, aliases, plugins). */
+struct strlist {
+    char **items; /* owned */
+    size_t len;
+};
+
+struct config {
+    char *broker_url;             /* broker_url; -b */
+    char *result_backend;         /* result_backend; empty = results disabled */
+    struct strlist queues;        /* -Q; default "celery" */
+    long concurrency;             /* -c; default: number of CPUs */
+    char *hostname;               /* -n, expanded: "celeriac@host" */
+    char *loglevel;               /* -l */
+    long prefetch_multiplier;     /* worker_prefetch_multiplier */
+    char *pidfile;
+    char *logfile;
+    int task_events;              /* -E (worker_send_task_events) */
+    int task_acks_late;
+    int task_reject_on_worker_lost;
+    double visibility_timeout;    /* broker_transport_options.visibility_timeout */
+    double unacked_restore_interval; /* seconds between restore scans */
+    long result_expires;          /* seconds; 0 = never */
+    int task_track_started;
+    int task_ignore_result;
+    struct strlist task_aliases;  /* "python.name=celeriac_name" */
+    struct strlist plugins;       /* paths of .so plugins */
+    char *default_queue;          /* task_default_queue for messages celeriac publishes */
+    long max_message_size;        /* cap on one broker message, bytes */
+    long max_body_size;           /* cap on a decoded body, bytes */
+    long max_nesting_depth;       /* cap on nesting in envelope and body */
+    long max_items;               /* cap on values in one decoded document */
+    double result_backend_retry_timeout; /* how long a result store retries */
+    double broker_connection_max_backoff; /* reconnect backoff cap, seconds */
+    struct builtin_config builtin;/* process_document settings */
+    char *config_file;            /* --config */
+};
+
+enum config_result { CONFIG_RUN = 0, CONFIG_EXIT_OK = 1, CONFIG_EXIT_USAGE = 64 };
+
+/* Fills c from defaults, the config file (--config or CELERIAC_CONFIG), the
+ * environment and argv (after the "worker" word), in rising precedence. On a
+ * bad flag, key or value writes one line to stderr and returns
+ * CONFIG_EXIT_USAGE. --help prints the generated help and returns CONFIG_EXIT_OK. */
+enum config_result config_load(struct config *c, int argc, char **argv);
+void config_free(struct config *c);
+/* Prints the option table (used by --help). */
+void config_print_help(const char *prog);
+/* Expands %h (hostname), %n (name part), %d (domain), %% in a node name and
+ * adds the "celeriac@" prefix when there is no '@'. Caller frees with free(). */
+char *config_expand_hostname(const char *pattern);
+/* Iterates settings as (name, value text) for diagnostics: i from 0 until NULL. */
+const char *config_setting_at(const struct config *c, size_t i, char *value, size_t vlen);
+
+#endif

@@ -1,0 +1,281 @@
+/* pool.c - forks and feeds pool processes and frames their messages; it does
+ * not know what a task is. */
+#include "pool.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "celeriac.h"
+#include "log.h"
+
+#define MAX_FRAME (512u * 1024 * 1024)
+
+static int write_all(int fd, const void *p, size_t n)
+{
+    const char *s = p;
+    while (n) {
+        ssize_t w = write(fd, s, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN) {
+                /* Parent end is non-blocking: wait for room. */
+                fd_set wf;
+                FD_ZERO(&wf);
+                FD_SET(fd, &wf);
+                select(fd + 1, NULL, &wf, NULL, NULL);
+                continue;
+            }
+            return CELERIAC_EIO;
+        }
+        s += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+static int read_all(int fd, void *p, size_t n)
+{
+    char *s = p;
+    while (n) {
+        ssize_t r = read(fd, s, n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return CELERIAC_ECONN;
+        s += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+static int spawn(struct pool *p, struct pool_child *c)
+{
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+        snprintf(p->errstr, sizeof p->errstr, "socketpair: %s", strerror(errno));
+        return p->err = CELERIAC_EIO;
+    }
+    int index = ++p->next_index;
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) {
+        snprintf(p->errstr, sizeof p->errstr, "fork: %s", strerror(errno));
+        close(sv[0]);
+        close(sv[1]);
+        return p->err = CELERIAC_EIO;
+    }
+    if (pid == 0) {
+        /* Child: die with the parent; drop the parent's ends of all pipes. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(1);
+        signal(SIGTERM, SIG_DFL);
+        signal(SIGINT, SIG_IGN); /* Ctrl-C goes to the parent, which stops us. */
+        signal(SIGQUIT, SIG_DFL);
+        signal(SIGCHLD, SIG_DFL);
+        signal(SIGPIPE, SIG_IGN);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        for (size_t i = 0; i < p->n; i++)
+            if (p->children[i].fd >= 0)
+                close(p->children[i].fd);
+        close(sv[0]);
+        char name[32];
+        snprintf(name, sizeof name, "ForkPoolWorker-%d", index);
+        log_set_process(name);
+        p->fn(sv[1], index, p->ud);
+        _exit(0);
+    }
+    close(sv[1]);
+    fcntl(sv[0], F_SETFL, fcntl(sv[0], F_GETFL) | O_NONBLOCK);
+    memset(&c->in, 0, sizeof c->in);
+    c->pid = pid;
+    c->fd = sv[0];
+    c->index = index;
+    c->busy = 0;
+    c->started = 0;
+    c->job = NULL;
+    c->tasks_run = 0;
+    return 0;
+}
+
+int pool_start(struct pool *p, size_t n, pool_child_fn fn, void *ud)
+{
+    p->children = calloc(n, sizeof *p->children);
+    if (!p->children)
+        return CELERIAC_ENOMEM;
+    p->fn = fn;
+    p->ud = ud;
+    p->n = n;
+    for (size_t i = 0; i < n; i++)
+        p->children[i].fd = -1;
+    for (size_t i = 0; i < n; i++) {
+        int rc = spawn(p, &p->children[i]);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+int pool_respawn(struct pool *p, size_t i)
+{
+    return spawn(p, &p->children[i]);
+}
+
+struct pool_child *pool_idle(struct pool *p)
+{
+    for (size_t i = 0; i < p->n; i++)
+        if (p->children[i].pid && !p->children[i].busy)
+            return &p->children[i];
+    return NULL;
+}
+
+int pool_send(struct pool_child *c, uint32_t flags, const char *envelope, size_t len, void *job)
+{
+    if (len > MAX_FRAME - 8)
+        return CELERIAC_ETOOBIG;
+    unsigned char hdr[9];
+    uint32_t total = (uint32_t)(len + 5);
+    memcpy(hdr, &total, 4);
+    hdr[4] = POOL_RUN;
+    memcpy(hdr + 5, &flags, 4);
+    if (write_all(c->fd, hdr, sizeof hdr) < 0 || write_all(c->fd, envelope, len) < 0)
+        return CELERIAC_ECONN;
+    c->busy = 1;
+    c->started = 0;
+    c->job = job;
+    return 0;
+}
+
+/* DONE payload: u8 status, f64 runtime, detail bytes. */
+int pool_read(struct pool_child *c, int *type, struct pool_outcome *out)
+{
+    for (;;) {
+        if (c->in.len >= 4) {
+            uint32_t total;
+            memcpy(&total, c->in.p, 4);
+            if (total == 0 || total > MAX_FRAME)
+                return CELERIAC_EPROTO;
+            if (c->in.len >= 4 + (size_t)total) {
+                const unsigned char *f = (const unsigned char *)c->in.p + 4;
+                *type = f[0];
+                if (*type == POOL_DONE) {
+                    if (total < 10)
+                        return CELERIAC_EPROTO;
+                    out->status = f[1];
+                    memcpy(&out->runtime, f + 2, 8);
+                    out->detail = strndup((const char *)f + 10, total - 10);
+                }
+                size_t used = 4 + (size_t)total;
+                memmove(c->in.p, c->in.p + used, c->in.len - used);
+                c->in.len -= used;
+                return 1;
+            }
+        }
+        char tmp[65536];
+        ssize_t r = read(c->fd, tmp, sizeof tmp);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0 && errno == EAGAIN)
+            return 0;
+        if (r <= 0)
+            return CELERIAC_ECONN;
+        if (buf_append(&c->in, tmp, (size_t)r) < 0)
+            return CELERIAC_ENOMEM;
+    }
+}
+
+struct pool_child *pool_find_pid(struct pool *p, pid_t pid)
+{
+    for (size_t i = 0; i < p->n; i++)
+        if (p->children[i].pid == pid)
+            return &p->children[i];
+    return NULL;
+}
+
+void pool_forget(struct pool_child *c)
+{
+    if (c->fd >= 0)
+        close(c->fd);
+    c->fd = -1;
+    c->pid = 0;
+    c->busy = 0;
+    c->job = NULL;
+    buf_free(&c->in);
+}
+
+void pool_close(struct pool *p)
+{
+    for (size_t i = 0; i < p->n; i++)
+        if (p->children[i].fd >= 0 && !p->children[i].busy)
+            shutdown(p->children[i].fd, SHUT_WR);
+}
+
+void pool_kill(struct pool *p, int sig)
+{
+    for (size_t i = 0; i < p->n; i++)
+        if (p->children[i].pid > 0)
+            kill(p->children[i].pid, sig);
+}
+
+void pool_free(struct pool *p)
+{
+    for (size_t i = 0; i < p->n; i++)
+        pool_forget(&p->children[i]);
+    free(p->children);
+    p->children = NULL;
+    p->n = 0;
+}
+
+int pool_child_read(int fd, uint32_t *flags, struct buf *envelope)
+{
+    uint32_t total;
+    unsigned char type;
+    if (read_all(fd, &total, 4) < 0)
+        return CELERIAC_ECONN;
+    if (total < 5 || total > MAX_FRAME || read_all(fd, &type, 1) < 0 || type != POOL_RUN ||
+        read_all(fd, flags, 4) < 0)
+        return CELERIAC_EPROTO;
+    envelope->len = 0;
+    size_t n = total - 5;
+    char *p = realloc(envelope->p, n + 1);
+    if (!p)
+        return CELERIAC_ENOMEM;
+    envelope->p = p;
+    envelope->cap = n + 1;
+    if (read_all(fd, p, n) < 0)
+        return CELERIAC_ECONN;
+    p[n] = 0;
+    envelope->len = n;
+    return 0;
+}
+
+int pool_child_write(int fd, int type, const struct pool_outcome *out)
+{
+    size_t dlen = out && out->detail ? strlen(out->detail) : 0;
+    size_t total = type == POOL_DONE ? 10 + dlen : 1;
+    unsigned char hdr[14];
+    uint32_t t32 = (uint32_t)total;
+    memcpy(hdr, &t32, 4);
+    hdr[4] = (unsigned char)type;
+    size_t hlen = 5;
+    if (type == POOL_DONE) {
+        hdr[5] = (unsigned char)out->status;
+        memcpy(hdr + 6, &out->runtime, 8);
+        hlen = 14;
+    }
+    if (write_all(fd, hdr, hlen) < 0)
+        return CELERIAC_EIO;
+    if (dlen && write_all(fd, out->detail, dlen) < 0)
+        return CELERIAC_EIO;
+    return 0;
+}

@@ -1,0 +1,79 @@
+/* pool.h - the prefork pool: child processes, each running one task at a
+ * time, talking to the parent over a socketpair with length-prefixed frames. */
+#ifndef CELERIAC_POOL_H
+#define CELERIAC_POOL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "util.h"
+
+/* Frame types. */
+enum pool_frame {
+    POOL_RUN = 1,     /* parent -> child: flags, envelope */
+    POOL_STARTED = 2, /* child -> parent: task began (pid known) */
+    POOL_DONE = 3     /* child -> parent: outcome */
+};
+
+/* Outcome of one task, as the child reports it. */
+enum pool_status { POOL_SUCCESS = 0, POOL_FAILURE = 1, POOL_IGNORED = 2 };
+
+struct pool_outcome {
+    int status;        /* enum pool_status */
+    double runtime;    /* seconds the task function ran */
+    char *detail;      /* owned: result repr (success) or exception repr (failure) */
+};
+
+/* The function a child runs: reads frames from fd until EOF. It must return
+ * only to end the child; the pool then ends the process with _exit(). */
+typedef void (*pool_child_fn)(int fd, int index, void *ud);
+
+struct pool_child {
+    pid_t pid;         /* 0 when the slot is empty */
+    int fd;            /* parent's end of the socketpair, -1 when empty */
+    int index;         /* 1-based, as in ForkPoolWorker-<index> */
+    int busy;          /* a job was sent and no DONE came back yet */
+    int started;       /* the child said STARTED for the current job */
+    void *job;         /* borrowed: the worker's job while busy */
+    struct buf in;     /* owned: bytes received, not yet a whole frame */
+    unsigned tasks_run;/* jobs completed by this process */
+};
+
+struct pool {
+    struct pool_child *children; /* owned array of cap slots */
+    size_t n;                    /* slots in use (concurrency) */
+    pool_child_fn fn;
+    void *ud;                    /* borrowed until pool_free */
+    int next_index;
+    int err;
+    char errstr[256];
+};
+
+/* Forks n children. Returns 0 or negative with errstr set. */
+int pool_start(struct pool *p, size_t n, pool_child_fn fn, void *ud);
+/* Replaces the process in slot i (after it died). */
+int pool_respawn(struct pool *p, size_t i);
+/* An idle child, or NULL. */
+struct pool_child *pool_idle(struct pool *p);
+/* Sends a job; marks the child busy with job. */
+int pool_send(struct pool_child *c, uint32_t flags, const char *envelope, size_t len, void *job);
+/* Reads what is available from c->fd. Returns 1 with *type (and *out for DONE)
+ * when a frame is complete, 0 when more bytes are needed, CELERIAC_ECONN on
+ * EOF/error (the child is gone). Caller frees out->detail. */
+int pool_read(struct pool_child *c, int *type, struct pool_outcome *out);
+/* Finds the slot of a pid; NULL if none. */
+struct pool_child *pool_find_pid(struct pool *p, pid_t pid);
+/* Marks a slot empty after its process died (closes fd). */
+void pool_forget(struct pool_child *c);
+/* Closes all parent ends so children see EOF and exit (warm stop). */
+void pool_close(struct pool *p);
+/* Sends sig to every child. */
+void pool_kill(struct pool *p, int sig);
+void pool_free(struct pool *p);
+
+/* Child side: blocking frame I/O on fd. */
+int pool_child_read(int fd, uint32_t *flags, struct buf *envelope);
+int pool_child_write(int fd, int type, const struct pool_outcome *out);
+
+#endif

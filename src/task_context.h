@@ -1,0 +1,46 @@
+/* task_context.h - the internal side of celeriac_task: what a task function is
+ * given, and what it leaves behind (result or exception). States a task
+ * publishes while running go to a sink supplied by the executor. */
+#ifndef CELERIAC_TASK_CONTEXT_H
+#define CELERIAC_TASK_CONTEXT_H
+
+#include "celeriac.h"
+
+/* Where update_state() goes. store_state gets the meta borrowed for the call. */
+struct task_sink {
+    int (*store_state)(void *ud, const celeriac_task *t, const char *state,
+                       const celeriac_value *meta);
+    void *ud;
+};
+
+struct celeriac_task {
+    const char *id;                /* borrowed from the message */
+    const char *name;              /* borrowed: the registered name */
+    int retries;
+    const celeriac_value *args;    /* borrowed, ARRAY (never NULL) */
+    const celeriac_value *kwargs;  /* borrowed, OBJECT (never NULL) */
+    const struct task_sink *sink;  /* borrowed; NULL = states are dropped */
+    celeriac_value *result;        /* owned: set by celeriac_task_set_result */
+    int failed;                    /* set by celeriac_task_fail* */
+    char exc_type[128];
+    char exc_module[128];
+    char *exc_message;             /* owned */
+};
+
+/* Initialises t for one call. args/kwargs may be NULL (empty ones are used).
+ * All pointers are borrowed until task_context_clear(). */
+void task_context_init(celeriac_task *t, const char *id, const char *name, int retries,
+                       const celeriac_value *args, const celeriac_value *kwargs,
+                       const struct task_sink *sink);
+/* Frees the result and exception text. */
+void task_context_clear(celeriac_task *t);
+/* Takes the result out of t (caller frees); NULL if none was set. */
+celeriac_value *task_context_take_result(celeriac_task *t);
+/* Module for a Python exception class name: "builtins" for Python's builtin
+ * exception names, else "celeriac.exceptions". Static string. */
+const char *task_context_exc_module(const char *exc_type);
+/* Sets the process name shown in task log lines ("ForkPoolWorker-1", as
+ * Celery prints it); the pool calls it in each child. Copied. */
+void task_context_set_log_process(const char *name);
+
+#endif

@@ -1,0 +1,29 @@
+/* task_exec.h - what a pool process does with a job: decode it, run the task
+ * function and store its states and result in the backend. */
+#ifndef CELERIAC_TASK_EXEC_H
+#define CELERIAC_TASK_EXEC_H
+
+#include "backend.h"
+#include "celeriac.h"
+#include "task_message.h"
+
+/* Flags the parent sends with each job. */
+#define EXEC_TRACK_STARTED 0x1u
+#define EXEC_IGNORE_RESULT 0x2u
+
+struct task_exec {
+    const celeriac_registry *registry; /* borrowed */
+    const char *backend_url;           /* borrowed; NULL/empty = results disabled */
+    long result_expires;
+    double backend_retry_timeout;
+    const char *hostname;              /* borrowed: node name */
+    struct task_message_limits limits;
+    struct backend *backend;           /* owned by the child, opened after fork */
+};
+
+/* pool_child_fn: serves jobs from fd until EOF. */
+void task_exec_child_main(int fd, int index, void *ud);
+/* Python-style repr of an exception: ValueError('message'). Caller frees. */
+char *task_exec_exc_repr(const char *exc_type, const char *message);
+
+#endif

@@ -1,0 +1,74 @@
+/* task_message.h - the pure decoder from a kombu Redis envelope (JSON text) to
+ * a Celery task request, protocol 2 and 1. No I/O, no clock, no globals. */
+#ifndef CELERIAC_TASK_MESSAGE_H
+#define CELERIAC_TASK_MESSAGE_H
+
+#include <stddef.h>
+#include "celeriac.h"
+#include "serializer.h"
+
+struct task_message_limits {
+    size_t max_message_bytes; /* whole envelope */
+    size_t max_body_bytes;    /* body after base64 and decompression */
+    unsigned max_depth;       /* nesting, envelope and body alike */
+    size_t max_items;         /* values per decoded document */
+};
+
+extern const struct task_message_limits task_message_limits_default;
+
+/* A decoded task. Strings are owned (NUL-terminated) or NULL when absent/null. */
+struct task_message {
+    int protocol;          /* 2 (headers.task present) or 1 (body has task) */
+    char *id;              /* task id; set as early as it can be found, also on errors */
+    char *task;            /* registered task name to execute */
+    char *shadow;          /* display name override, or NULL */
+    char *root_id;
+    char *parent_id;
+    char *group;           /* group id (v1: taskset) */
+    long group_index;
+    int has_group_index;
+    int retries;
+    double eta;            /* Unix seconds, 0 = none */
+    double expires;        /* Unix seconds, 0 = none */
+    double time_limit;     /* hard, seconds, 0 = none (timelimit[0]) */
+    double soft_time_limit;/* soft, seconds, 0 = none (timelimit[1]) */
+    int ignore_result;
+    int redelivered;       /* headers.redelivered or delivery_info.redelivered */
+    char *origin;
+    char *argsrepr;        /* v2 header, or NULL */
+    char *kwargsrepr;
+    char *content_type;
+    char *content_encoding;
+    char *compression;     /* headers.compression, or NULL */
+    /* properties */
+    char *correlation_id;
+    char *reply_to;
+    char *delivery_tag;    /* kombu Redis delivery tag (uuid text) */
+    char *exchange;        /* delivery_info.exchange */
+    char *routing_key;     /* delivery_info.routing_key */
+    int priority;          /* properties.priority, clamped to 0..255 */
+    /* Decoded values, owned: args ARRAY, kwargs OBJECT, embed OBJECT with
+     * callbacks/errbacks/chain/chord (null members when absent), headers the
+     * whole headers OBJECT (custom keys included). */
+    celeriac_value *args;
+    celeriac_value *kwargs;
+    celeriac_value *embed;
+    celeriac_value *headers;
+};
+
+/* Decodes one envelope. Returns 0, or a negative code with a one-line reason in
+ * err: CELERIAC_EPARSE (malformed anywhere), CELERIAC_ETOOBIG / EDEPTH / ECOUNT
+ * (a cap was hit), CELERIAC_ECONTENT (pickle, yaml or an unknown content type:
+ * never deserialized), CELERIAC_EUNSUPPORTED (unknown compression). On error
+ * the fields that could be read (id, task, delivery_tag, reply_to...) are
+ * left set so the caller can store a FAILURE and ack; the caller always calls
+ * task_message_clear(). kombu >= 5.3 JSON {"__type__","__value__"} objects in
+ * args/kwargs are unwrapped to their text form. */
+int task_message_decode(const char *envelope, size_t len, const struct task_message_limits *lim,
+                        struct task_message *out, char *err, size_t errlen);
+/* Frees everything in m and zeroes it. Accepts a zeroed struct. */
+void task_message_clear(struct task_message *m);
+/* The name shown in logs and events: shadow if set, else task. */
+const char *task_message_display_name(const struct task_message *m);
+
+#endif

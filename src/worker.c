@@ -1,0 +1,890 @@
+/* worker.c - the main process: the poll loop, job bookkeeping, acks, restore,
+ * reconnect and shutdown. Decoding is task_message.c, storage is backend_*.c,
+ * running tasks is task_exec.c in pool processes. */
+#include "worker.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "backend.h"
+#include "broker.h"
+#include "log.h"
+#include "pool.h"
+#include "task_exec.h"
+#include "task_message.h"
+#include "task_registry.h"
+#include "tasks/builtin.h"
+#include "url.h"
+#include "util.h"
+#include "value.h"
+
+#define MAX_SCHEDULED 10000        /* ETA jobs held in memory before fetching pauses */
+#define WARM_FETCH_GRACE 3.0       /* seconds to wait for an outstanding fetch at stop */
+
+/* Worker lifecycle; changed only through set_state(), which logs transitions. */
+enum worker_state {
+    W_STARTING,     /* connecting for the first time */
+    W_RUNNING,      /* consuming */
+    W_RECONNECTING, /* broker link lost; running jobs continue */
+    W_WARM_STOP,    /* no new messages; finishing running jobs */
+    W_COLD_STOP,    /* children killed; returning messages and exiting */
+    W_STOPPED
+};
+static const char *const state_names[] = {"starting", "running", "reconnecting",
+                                          "warm shutdown", "cold shutdown", "stopped"};
+
+/* One message the worker holds: reserved (waiting or scheduled) or active. */
+struct job {
+    struct task_message msg; /* owned, decoded */
+    char *envelope;          /* owned raw envelope as received */
+    size_t len;
+    char queue[256];
+    int acks_late;           /* ack after the task ran */
+    int acked;               /* ack done (or handed to pending_acks) */
+    int reserved;            /* recorded in the broker's unacked set */
+    uint32_t flags;          /* EXEC_* sent to the child */
+    double received;         /* wall clock */
+    struct job *next;        /* ready/scheduled list link */
+};
+
+struct tag_list {
+    char **tags; /* owned */
+    size_t len, cap;
+};
+
+struct worker {
+    const struct config *cfg;  /* borrowed */
+    celeriac_registry *registry;
+    struct broker *broker;     /* owned */
+    struct backend *backend;   /* owned; NULL = results disabled */
+    struct pool pool;
+    struct task_exec exec;
+    struct builtin_config builtin;
+    struct task_message_limits limits;
+    enum worker_state state;
+    struct job *ready_head, *ready_tail; /* FIFO waiting for a pool process */
+    struct job *scheduled;               /* sorted by eta */
+    size_t nready, nscheduled, nactive, unacked; /* unacked: reserved and not acked */
+    size_t prefetch_limit;
+    struct tag_list pending_acks;        /* acks to send once the broker is back */
+    int sigpipe[2];
+    double next_restore;                 /* monotonic */
+    double reconnect_at;                 /* monotonic */
+    double backoff;
+    double stop_deadline;                /* monotonic; fetch grace in warm stop */
+    unsigned long processed;
+    int exit_code;
+};
+
+static int sigpipe_w = -1;
+
+static void on_signal(int sig)
+{
+    int saved = errno;
+    unsigned char c = (unsigned char)sig;
+    if (sigpipe_w >= 0) {
+        ssize_t n = write(sigpipe_w, &c, 1);
+        (void)n;
+    }
+    errno = saved;
+}
+
+static void set_state(struct worker *w, enum worker_state s)
+{
+    if (w->state == s)
+        return;
+    log_info("worker: %s -> %s", state_names[w->state], state_names[s]);
+    w->state = s;
+}
+
+/* ---- jobs ------------------------------------------------------------------ */
+
+static void job_free(struct job *j)
+{
+    if (!j)
+        return;
+    task_message_clear(&j->msg);
+    free(j->envelope);
+    free(j);
+}
+
+static void tag_push(struct tag_list *l, const char *tag)
+{
+    if (l->len == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 16;
+        char **t = realloc(l->tags, cap * sizeof *t);
+        if (!t)
+            return;
+        l->tags = t;
+        l->cap = cap;
+    }
+    l->tags[l->len] = strdup(tag);
+    if (l->tags[l->len])
+        l->len++;
+}
+
+static void broker_lost(struct worker *w, const char *what)
+{
+    if (w->state == W_RECONNECTING || w->state == W_STOPPED)
+        return;
+    log_error("broker connection lost during %s: %s", what, w->broker->errstr);
+    w->broker->ops->disconnect(w->broker);
+    if (w->state == W_RUNNING || w->state == W_STARTING) {
+        set_state(w, W_RECONNECTING);
+        w->backoff = 0.2;
+        w->reconnect_at = util_monotonic() + w->backoff;
+    }
+}
+
+/* Acknowledges a job's message now, or later when the broker is back. */
+static void job_ack(struct worker *w, struct job *j)
+{
+    if (j->acked)
+        return;
+    j->acked = 1;
+    if (!j->reserved)
+        return;
+    if (w->unacked)
+        w->unacked--;
+    const char *tag = j->msg.delivery_tag;
+    if (w->state == W_RECONNECTING || w->broker->ops->ack(w->broker, tag) < 0) {
+        tag_push(&w->pending_acks, tag);
+        if (w->state != W_RECONNECTING)
+            broker_lost(w, "ack");
+    }
+}
+
+/* Returns a reserved message to the head of its queue (shutdown). */
+static void job_restore(struct worker *w, struct job *j)
+{
+    if (j->acked || !j->reserved)
+        return;
+    j->acked = 1;
+    if (w->unacked)
+        w->unacked--;
+    if (w->state == W_RECONNECTING ||
+        w->broker->ops->restore(w->broker, j->msg.delivery_tag) < 0)
+        log_warning("could not return %s[%s] to its queue now; it stays unacknowledged and "
+                    "comes back after visibility_timeout",
+                    task_message_display_name(&j->msg), j->msg.id);
+}
+
+static void store_failure(struct worker *w, const struct task_message *m, const char *module,
+                          const char *type, const char *message)
+{
+    if (w->backend && m->id)
+        backend_store_failure(w->backend, m->id, module, type, message, m->parent_id, m->group);
+}
+
+static void store_revoked(struct worker *w, const struct task_message *m, const char *reason)
+{
+    if (!w->backend || !m->id || m->ignore_result)
+        return;
+    celeriac_value *exc = backend_exception("celery.exceptions", "TaskRevokedError", reason);
+    struct result_meta rm = {.task_id = m->id, .status = "REVOKED", .result = exc,
+                             .group_id = m->group, .parent_id = m->parent_id, .ready = 1};
+    backend_store_meta(w->backend, &rm);
+    celeriac_value_free(exc);
+}
+
+static void schedule_insert(struct worker *w, struct job *j)
+{
+    struct job **pp = &w->scheduled;
+    while (*pp && (*pp)->msg.eta <= j->msg.eta)
+        pp = &(*pp)->next;
+    j->next = *pp;
+    *pp = j;
+    w->nscheduled++;
+}
+
+static void ready_push(struct worker *w, struct job *j)
+{
+    j->next = NULL;
+    if (w->ready_tail)
+        w->ready_tail->next = j;
+    else
+        w->ready_head = j;
+    w->ready_tail = j;
+    w->nready++;
+}
+
+static struct job *ready_pop(struct worker *w)
+{
+    struct job *j = w->ready_head;
+    if (!j)
+        return NULL;
+    w->ready_head = j->next;
+    if (!w->ready_head)
+        w->ready_tail = NULL;
+    j->next = NULL;
+    w->nready--;
+    return j;
+}
+
+/* ---- receiving ---------------------------------------------------------------- */
+
+/* A message that cannot become a job: log it clearly and, when its id is
+ * known, store a FAILURE so the caller does not wait forever. */
+static void reject_bad_message(struct worker *w, const struct broker_delivery *d,
+                               const struct task_message *m, int rc, const char *err)
+{
+    const char *type = rc == CELERIAC_ECONTENT ? "ContentDisallowed" : "InvalidTaskError";
+    const char *module = rc == CELERIAC_ECONTENT ? "kombu.exceptions" : "celery.exceptions";
+    log_error("discarding message from queue %s (%zu bytes, id %s): %s", d->queue, d->len,
+              m->id ? m->id : "unknown", err);
+    store_failure(w, m, module, type, err);
+}
+
+static void on_message(struct worker *w, struct broker_delivery *d)
+{
+    struct job *j = calloc(1, sizeof *j);
+    char err[512] = "";
+    if (!j) {
+        log_error("out of memory receiving a message from %s; it is lost", d->queue);
+        free(d->body);
+        return;
+    }
+    j->envelope = d->body;
+    j->len = d->len;
+    d->body = NULL;
+    snprintf(j->queue, sizeof j->queue, "%s", d->queue);
+    j->received = util_now();
+    int rc = task_message_decode(j->envelope, j->len, &w->limits, &j->msg, err, sizeof err);
+    if (rc < 0) {
+        reject_bad_message(w, d, &j->msg, rc, err);
+        job_free(j);
+        return;
+    }
+    const char *name = task_message_display_name(&j->msg);
+    const struct task_def *def = task_registry_find(w->registry, j->msg.task);
+    if (!def) {
+        log_error("Received unregistered task of type '%s'. The message has been ignored and "
+                  "discarded. (id %s; use --task-alias %s=NAME to map it onto a celeriac task)",
+                  j->msg.task, j->msg.id, j->msg.task);
+        char msg[600];
+        snprintf(msg, sizeof msg, "%s", j->msg.task);
+        store_failure(w, &j->msg, "celery.exceptions", "NotRegistered", msg);
+        job_free(j);
+        return;
+    }
+    if (j->msg.expires > 0 && j->msg.expires < util_now()) {
+        log_info("Discarding revoked task: %s[%s] (expired)", name, j->msg.id);
+        store_revoked(w, &j->msg, "expired");
+        job_free(j);
+        return;
+    }
+    j->acks_late = w->cfg->task_acks_late || (def->flags & CELERIAC_TASK_ACKS_LATE);
+    j->flags = (w->cfg->task_track_started ? EXEC_TRACK_STARTED : 0) |
+               (w->cfg->task_ignore_result ? EXEC_IGNORE_RESULT : 0);
+    if (j->msg.delivery_tag) {
+        struct broker_reservation res = {
+            .delivery_tag = j->msg.delivery_tag,
+            .exchange = j->msg.exchange ? j->msg.exchange : "",
+            .routing_key = j->msg.routing_key ? j->msg.routing_key : j->queue,
+            .priority = j->msg.priority};
+        if (w->broker->ops->reserve(w->broker, &res, j->envelope, j->len) == 0) {
+            j->reserved = 1;
+            w->unacked++;
+        } else {
+            broker_lost(w, "reserve");
+        }
+    }
+    log_info("Task %s[%s] received", name, j->msg.id);
+    if (j->msg.eta > util_now())
+        schedule_insert(w, j);
+    else
+        ready_push(w, j);
+}
+
+/* ---- dispatch and completion ----------------------------------------------- */
+
+static void dispatch(struct worker *w)
+{
+    struct pool_child *c;
+    while (w->ready_head && (c = pool_idle(&w->pool))) {
+        struct job *j = ready_pop(w);
+        if (j->msg.expires > 0 && j->msg.expires < util_now()) {
+            log_info("Discarding revoked task: %s[%s] (expired)",
+                     task_message_display_name(&j->msg), j->msg.id);
+            store_revoked(w, &j->msg, "expired");
+            job_ack(w, j);
+            job_free(j);
+            continue;
+        }
+        if (pool_send(c, j->flags, j->envelope, j->len, j) < 0) {
+            /* The child is gone; keep the job for the next one. */
+            log_warning("pool process %d did not take a job; replacing it", (int)c->pid);
+            ready_push(w, j);
+            kill(c->pid, SIGKILL);
+            c->busy = 1;
+            c->job = NULL;
+            continue;
+        }
+        w->nactive++;
+        if (!j->acks_late)
+            job_ack(w, j); /* Celery's default: acknowledged when the pool accepts it */
+    }
+}
+
+static void job_done(struct worker *w, struct pool_child *c, const struct pool_outcome *o)
+{
+    struct job *j = c->job;
+    c->job = NULL;
+    c->busy = 0;
+    c->tasks_run++;
+    if (!j)
+        return;
+    w->nactive--;
+    w->processed++;
+    const char *name = task_message_display_name(&j->msg);
+    if (o->status == POOL_SUCCESS)
+        log_info("Task %s[%s] succeeded in %.6fs: %s", name, j->msg.id, o->runtime,
+                 o->detail ? o->detail : "None");
+    else
+        log_error("Task %s[%s] raised unexpected: %s", name, j->msg.id,
+                  o->detail ? o->detail : "?");
+    if (j->acks_late)
+        job_ack(w, j); /* task_acks_on_failure_or_timeout: failures are acked too */
+    job_free(j);
+}
+
+static void describe_status(int status, char *buf, size_t len)
+{
+    if (WIFSIGNALED(status)) {
+        const char *abbrev = sigabbrev_np(WTERMSIG(status));
+        snprintf(buf, len, "signal %d (SIG%s)", WTERMSIG(status), abbrev ? abbrev : "?");
+    } else {
+        snprintf(buf, len, "exitcode %d", WEXITSTATUS(status));
+    }
+}
+
+/* A pool process ended: fail or requeue its job, and replace it. */
+static void child_lost(struct worker *w, struct pool_child *c, int status)
+{
+    char how[64];
+    describe_status(status, how, sizeof how);
+    struct job *j = c->job;
+    if (j) {
+        const char *name = task_message_display_name(&j->msg);
+        log_error("Process 'ForkPoolWorker-%d' pid:%d exited with '%s' while running %s[%s]",
+                  c->index, (int)c->pid, how, name, j->msg.id);
+        w->nactive--;
+        w->processed++;
+        if (j->acks_late && w->cfg->task_reject_on_worker_lost && !j->acked) {
+            log_warning("Task %s[%s] requeued (task_reject_on_worker_lost)", name, j->msg.id);
+            j->acked = 1;
+            if (w->unacked)
+                w->unacked--;
+            if (w->state == W_RECONNECTING ||
+                w->broker->ops->reject(w->broker, j->msg.delivery_tag, 1) < 0)
+                log_warning("requeue of %s failed; it returns after visibility_timeout",
+                            j->msg.id);
+        } else {
+            char msg[160];
+            snprintf(msg, sizeof msg, "Worker exited prematurely: %s Job: %lu.", how,
+                     w->processed);
+            log_error("Task %s[%s] raised unexpected: WorkerLostError('%s')", name, j->msg.id,
+                      msg);
+            store_failure(w, &j->msg, "billiard.exceptions", "WorkerLostError", msg);
+            job_ack(w, j);
+        }
+        job_free(j);
+        c->job = NULL;
+    } else if (w->state < W_WARM_STOP) {
+        log_error("Process 'ForkPoolWorker-%d' pid:%d exited with '%s'", c->index, (int)c->pid,
+                  how);
+    }
+    size_t slot = (size_t)(c - w->pool.children);
+    pool_forget(c);
+    if (w->state < W_WARM_STOP && pool_respawn(&w->pool, slot) < 0)
+        log_error("cannot replace pool process: %s", w->pool.errstr);
+}
+
+static void read_child(struct worker *w, struct pool_child *c)
+{
+    for (;;) {
+        int type = 0;
+        struct pool_outcome o = {0};
+        int rc = pool_read(c, &type, &o);
+        if (rc <= 0) {
+            if (rc < 0 && c->fd >= 0) {
+                /* EOF: the process is exiting; reap_children() does the rest. */
+                close(c->fd);
+                c->fd = -1;
+            }
+            return;
+        }
+        if (type == POOL_STARTED)
+            c->started = 1;
+        else if (type == POOL_DONE)
+            job_done(w, c, &o);
+        free(o.detail);
+    }
+}
+
+static void reap_children(struct worker *w)
+{
+    int status;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        struct pool_child *c = pool_find_pid(&w->pool, pid);
+        if (!c)
+            continue;
+        if (c->fd >= 0)
+            read_child(w, c); /* a DONE written just before exiting still counts */
+        child_lost(w, c, status);
+    }
+}
+
+/* ---- broker link ---------------------------------------------------------- */
+
+static int connect_broker(struct worker *w)
+{
+    int rc = w->broker->ops->connect(w->broker);
+    if (rc < 0)
+        return rc;
+    for (size_t i = 0; i < w->pending_acks.len; i++) {
+        if (w->broker->ops->ack(w->broker, w->pending_acks.tags[i]) < 0)
+            return w->broker->err;
+    }
+    for (size_t i = 0; i < w->pending_acks.len; i++)
+        free(w->pending_acks.tags[i]);
+    w->pending_acks.len = 0;
+    return 0;
+}
+
+static void restore_visible(struct worker *w)
+{
+    int n = w->broker->ops->restore_visible(w->broker, w->cfg->visibility_timeout);
+    if (n < 0)
+        broker_lost(w, "restore");
+    else if (n > 0)
+        log_warning("restored %d unacknowledged message(s) to their queues", n);
+    w->next_restore = util_monotonic() + w->cfg->unacked_restore_interval;
+}
+
+/* ---- cron ------------------------------------------------------------------- */
+
+/* worker_cron: the periodic duties, run every loop iteration (cheap checks):
+ *  - move due ETA jobs to the ready list;
+ *  - scan for unacked messages past visibility_timeout every unacked_restore_interval;
+ *  - reconnect to the broker with exponential backoff;
+ *  - advance a warm or cold shutdown. */
+static void worker_cron(struct worker *w)
+{
+    double now = util_now(), mono = util_monotonic();
+    while (w->scheduled && w->scheduled->msg.eta <= now) {
+        struct job *j = w->scheduled;
+        w->scheduled = j->next;
+        w->nscheduled--;
+        ready_push(w, j);
+    }
+    if (w->state == W_RUNNING && mono >= w->next_restore)
+        restore_visible(w);
+    if (w->state == W_RECONNECTING && mono >= w->reconnect_at) {
+        if (connect_broker(w) == 0) {
+            log_info("Connected to broker again");
+            set_state(w, W_RUNNING);
+            restore_visible(w);
+        } else {
+            w->broker->ops->disconnect(w->broker);
+            w->backoff = fmin(w->backoff * 2, w->cfg->broker_connection_max_backoff);
+            w->reconnect_at = mono + w->backoff;
+            log_warning("broker unreachable (%s); next attempt in %.1f s", w->broker->errstr,
+                        w->backoff);
+        }
+    }
+}
+
+/* Hands every message not yet running back to the broker. */
+static void return_reserved(struct worker *w)
+{
+    struct job *j;
+    while ((j = ready_pop(w))) {
+        job_restore(w, j);
+        job_free(j);
+    }
+    while ((j = w->scheduled)) {
+        w->scheduled = j->next;
+        w->nscheduled--;
+        job_restore(w, j);
+        job_free(j);
+    }
+}
+
+static void begin_warm_stop(struct worker *w)
+{
+    if (w->state >= W_WARM_STOP)
+        return;
+    log_info("worker: Warm shutdown (%zu running task(s) will finish)", w->nactive);
+    if (w->state == W_RECONNECTING)
+        w->broker->ops->disconnect(w->broker);
+    set_state(w, W_WARM_STOP);
+    w->stop_deadline = util_monotonic() + WARM_FETCH_GRACE;
+    return_reserved(w);
+    pool_close(&w->pool);
+}
+
+static void begin_cold_stop(struct worker *w)
+{
+    if (w->state == W_COLD_STOP || w->state == W_STOPPED)
+        return;
+    log_warning("worker: Cold shutdown (terminating %zu running task(s))", w->nactive);
+    set_state(w, W_COLD_STOP);
+    return_reserved(w);
+    pool_kill(&w->pool, SIGKILL);
+    /* acks_late messages of killed tasks go back to the queue; early-acked ones
+     * are gone, as with Celery. */
+    for (size_t i = 0; i < w->pool.n; i++) {
+        struct pool_child *c = &w->pool.children[i];
+        struct job *j = c->job;
+        if (j) {
+            job_restore(w, j);
+            job_free(j);
+            c->job = NULL;
+            c->busy = 0;
+            w->nactive--;
+        }
+    }
+}
+
+static void handle_signals(struct worker *w)
+{
+    unsigned char sigs[64];
+    ssize_t n;
+    while ((n = read(w->sigpipe[0], sigs, sizeof sigs)) > 0) {
+        for (ssize_t i = 0; i < n; i++) {
+            int sig = sigs[i];
+            if (sig == SIGCHLD)
+                continue; /* reaped below */
+            if (sig == SIGQUIT || w->state == W_WARM_STOP)
+                begin_cold_stop(w);
+            else
+                begin_warm_stop(w);
+        }
+    }
+    reap_children(w);
+}
+
+/* ---- the loop --------------------------------------------------------------- */
+
+static int can_fetch(const struct worker *w)
+{
+    if (w->state != W_RUNNING)
+        return 0;
+    if (w->nscheduled >= MAX_SCHEDULED)
+        return 0;
+    /* Prefetch window: messages held and not yet acknowledged, as kombu's QoS
+     * counts them (ETA jobs are held outside the window, capped above). */
+    size_t held = w->unacked > w->nscheduled ? w->unacked - w->nscheduled : 0;
+    if (held < w->nready)
+        held = w->nready;
+    return held < w->prefetch_limit;
+}
+
+static int loop_once(struct worker *w)
+{
+    worker_cron(w);
+    if (w->state == W_RUNNING || w->state == W_RECONNECTING)
+        dispatch(w);
+    int bfd = -1;
+    if (can_fetch(w)) {
+        if (w->broker->ops->fetch_start(w->broker) < 0)
+            broker_lost(w, "fetch");
+    }
+    bfd = w->broker->ops->fetch_fd(w->broker);
+
+    struct pollfd fds[2 + 1024];
+    size_t nfds = 0;
+    fds[nfds++] = (struct pollfd){.fd = w->sigpipe[0], .events = POLLIN};
+    size_t broker_slot = (size_t)-1;
+    if (bfd >= 0) {
+        broker_slot = nfds;
+        fds[nfds++] = (struct pollfd){.fd = bfd, .events = POLLIN};
+    }
+    size_t child_base = nfds;
+    for (size_t i = 0; i < w->pool.n && nfds < sizeof fds / sizeof fds[0]; i++)
+        fds[nfds++] = (struct pollfd){.fd = w->pool.children[i].fd, .events = POLLIN};
+
+    int timeout = 1000;
+    if (w->scheduled) {
+        double dt = (w->scheduled->msg.eta - util_now()) * 1000;
+        if (dt < timeout)
+            timeout = dt < 0 ? 0 : (int)dt + 1;
+    }
+    if (w->state == W_RECONNECTING) {
+        double dt = (w->reconnect_at - util_monotonic()) * 1000;
+        if (dt < timeout)
+            timeout = dt < 0 ? 0 : (int)dt + 1;
+    }
+    int n = poll(fds, nfds, timeout);
+    if (n < 0 && errno != EINTR) {
+        log_error("poll: %s", strerror(errno));
+        return CELERIAC_EIO;
+    }
+    if (n <= 0)
+        return 0;
+    if (fds[0].revents)
+        handle_signals(w);
+    if (broker_slot != (size_t)-1 && fds[broker_slot].revents) {
+        struct broker_delivery d = {0};
+        int rc = w->broker->ops->fetch_read(w->broker, &d);
+        if (rc == 1) {
+            if (w->state == W_RUNNING) {
+                on_message(w, &d);
+            } else {
+                /* Arrived while stopping: record it and put it straight back. */
+                struct job *j = NULL;
+                on_message(w, &d);
+                while ((j = ready_pop(w)) || (j = w->scheduled)) {
+                    if (j == w->scheduled) {
+                        w->scheduled = j->next;
+                        w->nscheduled--;
+                    }
+                    job_restore(w, j);
+                    job_free(j);
+                }
+            }
+        } else if (rc < 0) {
+            free(d.body);
+            if (w->state >= W_WARM_STOP)
+                w->broker->ops->disconnect(w->broker);
+            else
+                broker_lost(w, "consume");
+        }
+    }
+    for (size_t i = child_base; i < nfds; i++) {
+        if (!fds[i].revents || fds[i].fd < 0)
+            continue;
+        for (size_t k = 0; k < w->pool.n; k++)
+            if (w->pool.children[k].fd == fds[i].fd) {
+                read_child(w, &w->pool.children[k]);
+                break;
+            }
+    }
+    return 0;
+}
+
+static int stop_finished(struct worker *w)
+{
+    if (w->state == W_COLD_STOP)
+        return 1;
+    if (w->state != W_WARM_STOP || w->nactive > 0)
+        return 0;
+    if (w->broker->ops->fetch_fd(w->broker) >= 0 && util_monotonic() < w->stop_deadline)
+        return 0; /* wait for the outstanding fetch so no popped message is lost */
+    return 1;
+}
+
+static void wait_children(struct worker *w, double seconds)
+{
+    double deadline = util_monotonic() + seconds;
+    for (;;) {
+        int alive = 0;
+        for (size_t i = 0; i < w->pool.n; i++)
+            if (w->pool.children[i].pid > 0)
+                alive++;
+        if (!alive)
+            return;
+        if (util_monotonic() > deadline) {
+            pool_kill(&w->pool, SIGKILL);
+            deadline = util_monotonic() + 5;
+        }
+        int status;
+        pid_t pid = waitpid(-1, &status, WNOHANG);
+        if (pid > 0) {
+            struct pool_child *c = pool_find_pid(&w->pool, pid);
+            if (c)
+                pool_forget(c);
+            continue;
+        }
+        if (pid < 0 && errno == ECHILD)
+            return;
+        struct timespec ts = {0, 20 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static void print_banner(struct worker *w)
+{
+    char broker[512], backend[512];
+    url_redact(w->cfg->broker_url, broker, sizeof broker);
+    url_redact(w->cfg->result_backend ? w->cfg->result_backend : "disabled://", backend,
+               sizeof backend);
+    log_info("celeriac %s worker %s: broker %s, results %s, concurrency %ld (prefork), "
+             "prefetch %zu, acks %s",
+             CELERIAC_VERSION, w->cfg->hostname, broker, backend, w->cfg->concurrency,
+             w->prefetch_limit, w->cfg->task_acks_late ? "late" : "early");
+    for (size_t i = 0; i < w->cfg->queues.len; i++)
+        log_info("queue: %s", w->cfg->queues.items[i]);
+    for (size_t i = 0; i < task_registry_count(w->registry); i++)
+        log_info("task: %s", task_registry_at(w->registry, i)->name);
+}
+
+int worker_run(struct worker *w)
+{
+    if (pipe2(w->sigpipe, O_NONBLOCK | O_CLOEXEC) < 0)
+        return 70;
+    sigpipe_w = w->sigpipe[1];
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGQUIT, &sa, NULL);
+    sigaction(SIGCHLD, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    print_banner(w);
+    set_state(w, W_STARTING);
+    double deadline = util_monotonic() + 10;
+    while (connect_broker(w) < 0) {
+        log_error("Cannot connect to %s: %s", "broker", w->broker->errstr);
+        if (util_monotonic() > deadline) {
+            log_error("broker unreachable at start-up; giving up");
+            return 69;
+        }
+        struct timespec ts = {0, 500 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    log_info("Connected to %s", w->broker->ops->name);
+
+    if (pool_start(&w->pool, (size_t)w->cfg->concurrency, task_exec_child_main, &w->exec) < 0) {
+        log_error("cannot start the pool: %s", w->pool.errstr);
+        pool_kill(&w->pool, SIGKILL);
+        wait_children(w, 1);
+        return 70;
+    }
+    set_state(w, W_RUNNING);
+    restore_visible(w);
+    log_info("%s ready.", w->cfg->hostname);
+
+    while (w->state != W_STOPPED) {
+        if (loop_once(w) < 0) {
+            w->exit_code = 70;
+            begin_cold_stop(w);
+        }
+        if (stop_finished(w)) {
+            if (w->state == W_WARM_STOP && w->broker->ops->fetch_fd(w->broker) < 0 &&
+                w->pending_acks.len && connect_broker(w) < 0)
+                log_warning("%zu acknowledgement(s) could not be sent", w->pending_acks.len);
+            set_state(w, W_STOPPED);
+        }
+    }
+    pool_close(&w->pool);
+    for (size_t i = 0; i < w->pool.n; i++)
+        if (w->pool.children[i].fd >= 0)
+            shutdown(w->pool.children[i].fd, SHUT_WR);
+    wait_children(w, 10);
+    w->broker->ops->disconnect(w->broker);
+    log_info("%s stopped (processed %lu task(s))", w->cfg->hostname, w->processed);
+    return w->exit_code;
+}
+
+struct worker *worker_new(const struct config *cfg)
+{
+    struct worker *w = calloc(1, sizeof *w);
+    char err[512];
+    if (!w)
+        return NULL;
+    w->cfg = cfg;
+    w->sigpipe[0] = w->sigpipe[1] = -1;
+    w->limits = task_message_limits_default;
+    w->limits.max_message_bytes = (size_t)cfg->max_message_size;
+    w->limits.max_body_bytes = (size_t)cfg->max_body_size;
+    w->limits.max_depth = (unsigned)cfg->max_nesting_depth;
+    w->limits.max_items = (size_t)cfg->max_items;
+    w->prefetch_limit = (size_t)(cfg->concurrency * cfg->prefetch_multiplier);
+    w->builtin = cfg->builtin;
+    w->registry = task_registry_new();
+    if (!w->registry || tasks_builtin_register(w->registry, &w->builtin) < 0) {
+        log_error("cannot register built-in tasks");
+        goto fail;
+    }
+    for (size_t i = 0; i < cfg->plugins.len; i++)
+        if (task_registry_load_plugin(w->registry, cfg->plugins.items[i], err, sizeof err) < 0) {
+            log_error("%s", err);
+            goto fail;
+        }
+    for (size_t i = 0; i < cfg->task_aliases.len; i++) {
+        char *a = strdup(cfg->task_aliases.items[i]);
+        char *eq = a ? strchr(a, '=') : NULL;
+        if (!eq) {
+            free(a);
+            goto fail;
+        }
+        *eq = 0;
+        int rc = task_registry_alias(w->registry, a, eq + 1);
+        if (rc == 0 && !task_registry_find(w->registry, a))
+            log_warning("task alias %s=%s: no task named %s is registered", a, eq + 1, eq + 1);
+        free(a);
+        if (rc < 0)
+            goto fail;
+    }
+    w->broker = broker_new(cfg->broker_url, err, sizeof err);
+    if (!w->broker) {
+        log_error("broker: %s", err);
+        goto fail;
+    }
+    if (w->broker->ops->set_queues(w->broker, cfg->queues.items, cfg->queues.len) < 0)
+        goto fail;
+    if (cfg->result_backend && *cfg->result_backend) {
+        w->backend = backend_new(cfg->result_backend, cfg->result_expires,
+                                 cfg->result_backend_retry_timeout, err, sizeof err);
+        if (!w->backend) {
+            log_error("result backend: %s", err);
+            goto fail;
+        }
+    } else {
+        log_warning("no result backend configured (--result-backend): results are not stored");
+    }
+    w->exec.registry = w->registry;
+    w->exec.backend_url = cfg->result_backend;
+    w->exec.result_expires = cfg->result_expires;
+    w->exec.backend_retry_timeout = cfg->result_backend_retry_timeout;
+    w->exec.hostname = cfg->hostname;
+    w->exec.limits = w->limits;
+    return w;
+fail:
+    worker_free(w);
+    return NULL;
+}
+
+void worker_free(struct worker *w)
+{
+    if (!w)
+        return;
+    struct job *j;
+    while ((j = ready_pop(w)))
+        job_free(j);
+    while ((j = w->scheduled)) {
+        w->scheduled = j->next;
+        job_free(j);
+    }
+    for (size_t i = 0; i < w->pool.n; i++)
+        job_free(w->pool.children[i].job);
+    pool_free(&w->pool);
+    for (size_t i = 0; i < w->pending_acks.len; i++)
+        free(w->pending_acks.tags[i]);
+    free(w->pending_acks.tags);
+    broker_free(w->broker);
+    backend_free(w->backend);
+    task_registry_free(w->registry);
+    if (w->sigpipe[0] >= 0) {
+        close(w->sigpipe[0]);
+        close(w->sigpipe[1]);
+    }
+    sigpipe_w = -1;
+    free(w);
+}
