@@ -54,7 +54,7 @@ def test_custom_headers_are_ignored(worker, celery_app):
     assert r.get(timeout=15) == 3
 
 
-def test_non_ascii_task_id_and_escapes(worker, celery_app):
+def test_json_escapes_nul_and_astral_characters(worker, celery_app):
     payload = json.loads('"\\u0000 nul, \\ud83d\\ude00 emoji, \\t tab"')
     r = celery_app.send_task("examples.echo", args=[payload])
     assert r.get(timeout=15) == {"args": [payload], "kwargs": {}}
