@@ -49,6 +49,9 @@ struct broker_ops {
     /* Restores every unacked message older than visibility_timeout seconds
      * (any worker's), as kombu's restore_visible does. Returns the count. */
     int (*restore_visible)(struct broker *b, double visibility_timeout);
+    /* Marks messages this worker still holds as alive, so no restore scan
+     * (ours or another worker's) takes them back while we run. Borrowed tags. */
+    int (*refresh)(struct broker *b, const char **delivery_tags, size_t n);
     /* Publishes a message to a queue (default exchange). */
     int (*publish)(struct broker *b, const char *queue, int priority, const char *body,
                    size_t len);

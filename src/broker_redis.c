@@ -542,6 +542,35 @@ static int redis_restore_visible(struct broker *b, double visibility_timeout)
     return restored;
 }
 
+static int redis_refresh(struct broker *b, const char **tags, size_t n)
+{
+    struct broker_redis *r = (struct broker_redis *)b;
+    if (n == 0)
+        return 0;
+    /* ZADD unacked_index XX <now> tag ... : only entries that still exist. */
+    size_t argc = 3 + 2 * n;
+    const char **argv = calloc(argc, sizeof *argv);
+    if (!argv)
+        return CELERIAC_ENOMEM;
+    char score[40];
+    snprintf(score, sizeof score, "%.6f", util_now());
+    argv[0] = "ZADD";
+    argv[1] = UNACKED_INDEX;
+    argv[2] = "XX";
+    for (size_t i = 0; i < n; i++) {
+        argv[3 + 2 * i] = score;
+        argv[4 + 2 * i] = tags[i];
+    }
+    redisReply *rep = redis_conn_cmd(&r->cmd, (int)argc, argv, NULL);
+    free(argv);
+    if (!rep) {
+        set_err(r, CELERIAC_ECONN, r->cmd.errstr);
+        return CELERIAC_ECONN;
+    }
+    freeReplyObject(rep);
+    return 0;
+}
+
 static int redis_publish(struct broker *b, const char *queue, int priority, const char *body,
                          size_t len)
 {
@@ -580,6 +609,7 @@ static const struct broker_ops redis_ops = {
     .reject = redis_reject,
     .restore = redis_restore,
     .restore_visible = redis_restore_visible,
+    .refresh = redis_refresh,
     .publish = redis_publish,
     .free = redis_free,
 };

@@ -79,9 +79,11 @@ struct worker {
     struct tag_list pending_acks;        /* acks to send once the broker is back */
     int sigpipe[2];
     double next_restore;                 /* monotonic */
+    double next_refresh;                 /* monotonic: keep our unacked entries fresh */
     double reconnect_at;                 /* monotonic */
     double backoff;
     double stop_deadline;                /* monotonic; fetch grace in warm stop */
+    int returned;                        /* warm stop: reserved jobs handed back */
     unsigned long processed;
     int exit_code;
 };
@@ -463,8 +465,38 @@ static int connect_broker(struct worker *w)
     return 0;
 }
 
+/* Refreshes the unacked_index score of every message we hold, so restore
+ * scans (any worker's) only take back messages of workers that died. Celery
+ * does not do this, and runs prefetched or long tasks twice when they are held
+ * longer than visibility_timeout; this is the safe difference. */
+static void refresh_held(struct worker *w)
+{
+    size_t cap = w->nready + w->nscheduled + w->pool.n, n = 0;
+    const char **tags = calloc(cap ? cap : 1, sizeof *tags);
+    if (!tags)
+        return;
+    for (struct job *j = w->ready_head; j && n < cap; j = j->next)
+        if (j->reserved && !j->acked)
+            tags[n++] = j->msg.delivery_tag;
+    for (struct job *j = w->scheduled; j && n < cap; j = j->next)
+        if (j->reserved && !j->acked)
+            tags[n++] = j->msg.delivery_tag;
+    for (size_t i = 0; i < w->pool.n && n < cap; i++) {
+        struct job *j = w->pool.children[i].job;
+        if (j && j->reserved && !j->acked)
+            tags[n++] = j->msg.delivery_tag;
+    }
+    if (n && w->broker->ops->refresh(w->broker, tags, n) < 0)
+        broker_lost(w, "refresh");
+    free(tags);
+    w->next_refresh = util_monotonic() + fmin(w->cfg->visibility_timeout / 4, 30);
+}
+
 static void restore_visible(struct worker *w)
 {
+    refresh_held(w);
+    if (w->state != W_RUNNING)
+        return;
     int n = w->broker->ops->restore_visible(w->broker, w->cfg->visibility_timeout);
     if (n < 0)
         broker_lost(w, "restore");
@@ -475,11 +507,14 @@ static void restore_visible(struct worker *w)
 
 /* ---- cron ------------------------------------------------------------------- */
 
+static void return_reserved(struct worker *w);
+
 /* worker_cron: the periodic duties, run every loop iteration (cheap checks):
  *  - move due ETA jobs to the ready list;
+ *  - refresh the unacked entries of messages we hold (every visibility_timeout/4);
  *  - scan for unacked messages past visibility_timeout every unacked_restore_interval;
  *  - reconnect to the broker with exponential backoff;
- *  - advance a warm or cold shutdown. */
+ *  - in a warm shutdown, return reserved messages once no fetch is outstanding. */
 static void worker_cron(struct worker *w)
 {
     double now = util_now(), mono = util_monotonic();
@@ -489,6 +524,15 @@ static void worker_cron(struct worker *w)
         w->nscheduled--;
         ready_push(w, j);
     }
+    /* Warm stop: hand reserved jobs back once no fetch is outstanding, so our
+     * own last BRPOP cannot take them again. */
+    if (w->state == W_WARM_STOP && !w->returned &&
+        (w->broker->ops->fetch_fd(w->broker) < 0 || mono > w->stop_deadline)) {
+        return_reserved(w);
+        w->returned = 1;
+    }
+    if (w->state == W_RUNNING && mono >= w->next_refresh)
+        refresh_held(w);
     if (w->state == W_RUNNING && mono >= w->next_restore)
         restore_visible(w);
     if (w->state == W_RECONNECTING && mono >= w->reconnect_at) {
@@ -531,7 +575,6 @@ static void begin_warm_stop(struct worker *w)
         w->broker->ops->disconnect(w->broker);
     set_state(w, W_WARM_STOP);
     w->stop_deadline = util_monotonic() + WARM_FETCH_GRACE;
-    return_reserved(w);
     pool_close(&w->pool);
 }
 
@@ -679,7 +722,7 @@ static int stop_finished(struct worker *w)
 {
     if (w->state == W_COLD_STOP)
         return 1;
-    if (w->state != W_WARM_STOP || w->nactive > 0)
+    if (w->state != W_WARM_STOP || w->nactive > 0 || !w->returned)
         return 0;
     if (w->broker->ops->fetch_fd(w->broker) >= 0 && util_monotonic() < w->stop_deadline)
         return 0; /* wait for the outstanding fetch so no popped message is lost */
