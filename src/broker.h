@@ -55,6 +55,30 @@ struct broker_ops {
     /* Publishes a message to a queue (default exchange). */
     int (*publish)(struct broker *b, const char *queue, int priority, const char *body,
                    size_t len);
+    /* ---- fanout and direct exchanges (events, remote control) ---- */
+    /* Listens on a fanout exchange with a binding key ("" or "worker.#").
+     * Deliveries arrive through sub_fd/sub_read; kept across reconnects. */
+    int (*subscribe)(struct broker *b, const char *exchange, const char *binding_key);
+    /* fd to poll for POLLIN while subscribed, else -1. */
+    int (*sub_fd)(struct broker *b);
+    /* One delivery from a subscription: 1 = message in *out (out->queue is
+     * the exchange name; caller frees out->body), 0 = none buffered, negative
+     * on error. Call until it returns 0 after sub_fd is readable. */
+    int (*sub_read)(struct broker *b, struct broker_delivery *out);
+    /* Queues a message for a fanout exchange; sent by flush(). */
+    int (*fanout)(struct broker *b, const char *exchange, const char *routing_key,
+                  const char *body, size_t len);
+    /* Sends everything queued by fanout() in one round trip. */
+    int (*flush)(struct broker *b);
+    /* Delivers to the queues bound to a direct exchange with routing_key
+     * (pidbox replies). 0 also when nobody is bound (the message is dropped). */
+    int (*publish_direct)(struct broker *b, const char *exchange, const char *routing_key,
+                          const char *body, size_t len);
+    /* Declares / removes a binding queue <- exchange with routing_key. */
+    int (*bind)(struct broker *b, const char *exchange, const char *routing_key,
+                const char *queue);
+    int (*unbind)(struct broker *b, const char *exchange, const char *routing_key,
+                  const char *queue);
     void (*free)(struct broker *b);
 };
 

@@ -2,6 +2,7 @@
  * BRPOP, bindings, the unacked/unacked_index ack emulation and visibility
  * restore. It does not decode task messages (only envelopes it restores). */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +30,11 @@ struct broker_redis {
     char **queues;             /* owned; consume order, rotated round-robin */
     size_t nqueues;
     int fetching;              /* a BRPOP is outstanding on consume */
+    struct redis_conn sub;     /* PSUBSCRIBE (fanout in), non-blocking */
+    struct redis_conn pub;     /* fanout out, pipelined by flush() */
+    char **patterns;           /* owned: PSUBSCRIBE patterns, re-sent on reconnect */
+    size_t npatterns;
+    int pub_pending;           /* commands appended on pub, replies not read */
 };
 
 static void set_err(struct broker_redis *r, int err, const char *s)
@@ -72,28 +78,39 @@ static int declare_bindings(struct broker_redis *r)
     return 0;
 }
 
-static int redis_connect(struct broker *b)
-{
-    struct broker_redis *r = (struct broker_redis *)b;
-    r->fetching = 0;
-    int rc = redis_conn_open(&r->cmd);
-    if (rc == 0)
-        rc = redis_conn_open(&r->consume);
-    if (rc < 0) {
-        set_err(r, rc, r->cmd.err ? r->cmd.errstr : r->consume.errstr);
-        redis_conn_close(&r->cmd);
-        redis_conn_close(&r->consume);
-        return rc;
-    }
-    return declare_bindings(r);
-}
+static int psubscribe_all(struct broker_redis *r);
 
 static void redis_disconnect(struct broker *b)
 {
     struct broker_redis *r = (struct broker_redis *)b;
     redis_conn_close(&r->cmd);
     redis_conn_close(&r->consume);
+    redis_conn_close(&r->sub);
+    redis_conn_close(&r->pub);
     r->fetching = 0;
+    r->pub_pending = 0;
+}
+
+static int redis_connect(struct broker *b)
+{
+    struct broker_redis *r = (struct broker_redis *)b;
+    r->fetching = 0;
+    r->pub_pending = 0;
+    int rc = redis_conn_open(&r->cmd);
+    if (rc == 0)
+        rc = redis_conn_open(&r->consume);
+    if (rc == 0)
+        rc = redis_conn_open(&r->pub);
+    if (rc == 0 && r->npatterns)
+        rc = psubscribe_all(r);
+    if (rc < 0) {
+        const struct redis_conn *c = r->cmd.err ? &r->cmd : r->consume.err ? &r->consume
+                                                       : r->pub.err ? &r->pub : &r->sub;
+        set_err(r, rc, c->errstr);
+        redis_disconnect(b);
+        return rc;
+    }
+    return declare_bindings(r);
 }
 
 static void free_queues(struct broker_redis *r)
@@ -588,11 +605,243 @@ static int redis_publish(struct broker *b, const char *queue, int priority, cons
     return 0;
 }
 
+/* ---- fanout and direct exchanges ---------------------------------------- */
+
+/* kombu's fanout channel: "/<db>.<exchange>" plus "/<routing key>" when the
+ * key is not empty (fanout_prefix and fanout_patterns on). */
+static void fanout_channel(const struct broker_redis *r, const char *exchange, const char *key,
+                           char *buf, size_t len)
+{
+    if (key && *key)
+        snprintf(buf, len, "/%d.%s/%s", r->cmd.url.db, exchange, key);
+    else
+        snprintf(buf, len, "/%d.%s", r->cmd.url.db, exchange);
+}
+
+static int psubscribe_all(struct broker_redis *r)
+{
+    r->sub.url = r->cmd.url;
+    int rc = redis_conn_open(&r->sub);
+    if (rc < 0)
+        return rc;
+    const char **argv = calloc(r->npatterns + 1, sizeof *argv);
+    if (!argv)
+        return CELERIAC_ENOMEM;
+    argv[0] = "PSUBSCRIBE";
+    for (size_t i = 0; i < r->npatterns; i++)
+        argv[i + 1] = r->patterns[i];
+    int ok = redisAppendCommandArgv(r->sub.ctx, (int)r->npatterns + 1, argv, NULL) == REDIS_OK;
+    free(argv);
+    int done = 0;
+    while (ok && !done)
+        ok = redisBufferWrite(r->sub.ctx, &done) == REDIS_OK;
+    if (!ok) {
+        redis_conn_fail(&r->sub, "PSUBSCRIBE");
+        return CELERIAC_ECONN;
+    }
+    /* From here on the link is read from the poll loop without blocking. */
+    int fd = r->sub.ctx->fd;
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    r->sub.ctx->flags &= ~REDIS_BLOCK;
+    return 0;
+}
+
+static int redis_subscribe(struct broker *b, const char *exchange, const char *binding_key)
+{
+    struct broker_redis *r = (struct broker_redis *)b;
+    char pattern[512];
+    char key[256];
+    snprintf(key, sizeof key, "%s", binding_key ? binding_key : "");
+    for (char *p = key; *p; p++)
+        if (*p == '#')
+            *p = '*';
+    fanout_channel(r, exchange, key, pattern, sizeof pattern);
+    char **pp = realloc(r->patterns, (r->npatterns + 1) * sizeof *pp);
+    if (!pp)
+        return CELERIAC_ENOMEM;
+    r->patterns = pp;
+    if (!(pp[r->npatterns] = strdup(pattern)))
+        return CELERIAC_ENOMEM;
+    r->npatterns++;
+    if (!r->cmd.ctx)
+        return 0; /* subscribed on connect */
+    redis_conn_close(&r->sub);
+    int rc = psubscribe_all(r);
+    if (rc < 0)
+        set_err(r, rc, r->sub.errstr);
+    return rc;
+}
+
+static int redis_sub_fd(struct broker *b)
+{
+    struct broker_redis *r = (struct broker_redis *)b;
+    return r->sub.ctx ? r->sub.ctx->fd : -1;
+}
+
+static int redis_sub_read(struct broker *b, struct broker_delivery *out)
+{
+    struct broker_redis *r = (struct broker_redis *)b;
+    for (int round = 0; round < 2; round++) {
+        if (!r->sub.ctx)
+            return 0;
+        void *reply = NULL;
+        if (redisGetReplyFromReader(r->sub.ctx, &reply) != REDIS_OK) {
+            redis_conn_fail(&r->sub, "subscription");
+            set_err(r, CELERIAC_ECONN, r->sub.errstr);
+            return CELERIAC_ECONN;
+        }
+        if (!reply) {
+            if (round == 1)
+                return 0;
+            if (redisBufferRead(r->sub.ctx) != REDIS_OK) {
+                redis_conn_fail(&r->sub, "subscription");
+                set_err(r, CELERIAC_ECONN, r->sub.errstr);
+                return CELERIAC_ECONN;
+            }
+            continue;
+        }
+        redisReply *rep = reply;
+        int got = 0;
+        if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 4 &&
+            rep->element[0]->type == REDIS_REPLY_STRING &&
+            strcmp(rep->element[0]->str, "pmessage") == 0 &&
+            rep->element[2]->type == REDIS_REPLY_STRING &&
+            rep->element[3]->type == REDIS_REPLY_STRING) {
+            /* Channel "/<db>.<exchange>[/<key>]" -> exchange. */
+            const char *ch = rep->element[2]->str;
+            if (ch[0] == '/') {
+                const char *dot = strchr(ch, '.');
+                ch = dot ? dot + 1 : ch;
+            }
+            size_t n = strcspn(ch, "/");
+            if (n >= sizeof out->queue)
+                n = sizeof out->queue - 1;
+            memcpy(out->queue, ch, n);
+            out->queue[n] = 0;
+            out->len = rep->element[3]->len;
+            out->body = malloc(out->len + 1);
+            if (out->body) {
+                memcpy(out->body, rep->element[3]->str, out->len);
+                out->body[out->len] = 0;
+                got = 1;
+            }
+        }
+        freeReplyObject(rep);
+        if (got)
+            return 1;
+        round = -1; /* a subscribe confirmation: look for the next reply */
+    }
+    return 0;
+}
+
+static int redis_fanout(struct broker *b, const char *exchange, const char *routing_key,
+                        const char *body, size_t len)
+{
+    struct broker_redis *r = (struct broker_redis *)b;
+    if (!r->pub.ctx) {
+        set_err(r, CELERIAC_ECONN, "not connected");
+        return CELERIAC_ECONN;
+    }
+    char channel[512];
+    fanout_channel(r, exchange, routing_key, channel, sizeof channel);
+    const char *argv[3] = {"PUBLISH", channel, body};
+    size_t lens[3] = {7, strlen(channel), len};
+    if (redisAppendCommandArgv(r->pub.ctx, 3, argv, lens) != REDIS_OK) {
+        redis_conn_fail(&r->pub, "PUBLISH");
+        set_err(r, CELERIAC_ECONN, r->pub.errstr);
+        return CELERIAC_ECONN;
+    }
+    r->pub_pending++;
+    return 0;
+}
+
+static int redis_flush(struct broker *b)
+{
+    struct broker_redis *r = (struct broker_redis *)b;
+    int rc = 0;
+    while (r->pub_pending > 0) {
+        void *reply = NULL;
+        if (!r->pub.ctx || redisGetReply(r->pub.ctx, &reply) != REDIS_OK) {
+            redis_conn_fail(&r->pub, "PUBLISH");
+            set_err(r, CELERIAC_ECONN, r->pub.errstr);
+            r->pub_pending = 0;
+            return CELERIAC_ECONN;
+        }
+        freeReplyObject(reply);
+        r->pub_pending--;
+    }
+    return rc;
+}
+
+static int redis_publish_direct(struct broker *b, const char *exchange, const char *routing_key,
+                                const char *body, size_t len)
+{
+    struct broker_redis *r = (struct broker_redis *)b;
+    redisReply *rep = redis_conn_cmdf(&r->cmd, "SMEMBERS _kombu.binding.%s", exchange);
+    if (!rep) {
+        set_err(r, CELERIAC_ECONN, r->cmd.errstr);
+        return CELERIAC_ECONN;
+    }
+    int rc = 0;
+    size_t rklen = strlen(routing_key);
+    for (size_t i = 0; rep->type == REDIS_REPLY_ARRAY && i < rep->elements; i++) {
+        const char *m = rep->element[i]->str;
+        const char *s1 = m ? strstr(m, SEP) : NULL;
+        const char *s2 = s1 ? strstr(s1 + 2, SEP) : NULL;
+        if (!s2 || (size_t)(s1 - m) != rklen || strncmp(m, routing_key, rklen) != 0)
+            continue;
+        const char *argv[3] = {"LPUSH", s2 + 2, body};
+        size_t lens[3] = {5, strlen(s2 + 2), len};
+        redisReply *p = redis_conn_cmd(&r->cmd, 3, argv, lens);
+        if (!p) {
+            set_err(r, CELERIAC_ECONN, r->cmd.errstr);
+            rc = CELERIAC_ECONN;
+            break;
+        }
+        freeReplyObject(p);
+    }
+    freeReplyObject(rep);
+    return rc;
+}
+
+static int binding_cmd(struct broker_redis *r, const char *verb, const char *exchange,
+                       const char *routing_key, const char *queue)
+{
+    char key[300], member[700];
+    snprintf(key, sizeof key, "_kombu.binding.%s", exchange);
+    int n = snprintf(member, sizeof member, "%s" SEP SEP "%s", routing_key ? routing_key : "",
+                     queue);
+    const char *argv[3] = {verb, key, member};
+    size_t lens[3] = {4, strlen(key), (size_t)n};
+    redisReply *rep = redis_conn_cmd(&r->cmd, 3, argv, lens);
+    if (!rep) {
+        set_err(r, CELERIAC_ECONN, r->cmd.errstr);
+        return CELERIAC_ECONN;
+    }
+    freeReplyObject(rep);
+    return 0;
+}
+
+static int redis_bind(struct broker *b, const char *exchange, const char *routing_key,
+                      const char *queue)
+{
+    return binding_cmd((struct broker_redis *)b, "SADD", exchange, routing_key, queue);
+}
+
+static int redis_unbind(struct broker *b, const char *exchange, const char *routing_key,
+                        const char *queue)
+{
+    return binding_cmd((struct broker_redis *)b, "SREM", exchange, routing_key, queue);
+}
+
 static void redis_free(struct broker *b)
 {
     struct broker_redis *r = (struct broker_redis *)b;
     redis_disconnect(b);
     free_queues(r);
+    for (size_t i = 0; i < r->npatterns; i++)
+        free(r->patterns[i]);
+    free(r->patterns);
     free(r);
 }
 
@@ -611,6 +860,14 @@ static const struct broker_ops redis_ops = {
     .restore_visible = redis_restore_visible,
     .refresh = redis_refresh,
     .publish = redis_publish,
+    .subscribe = redis_subscribe,
+    .sub_fd = redis_sub_fd,
+    .sub_read = redis_sub_read,
+    .fanout = redis_fanout,
+    .flush = redis_flush,
+    .publish_direct = redis_publish_direct,
+    .bind = redis_bind,
+    .unbind = redis_unbind,
     .free = redis_free,
 };
 
@@ -627,8 +884,12 @@ struct broker *broker_redis_new(const char *url, char *err, size_t errlen)
         return NULL;
     }
     r->consume.url = r->cmd.url;
+    r->sub.url = r->cmd.url;
+    r->pub.url = r->cmd.url;
     r->cmd.timeout = 10;
     r->consume.timeout = 10;
+    r->sub.timeout = 10;
+    r->pub.timeout = 10;
     r->base.ops = &redis_ops;
     return &r->base;
 }

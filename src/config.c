@@ -48,7 +48,7 @@ static const struct option_def options[] = {
     {"logfile", "logfile", 'f', OPT_STR, F(logfile), NULL, 0, 0, NULL,
      "Append the log to this file instead of stderr"},
     {"worker_send_task_events", "task-events", 'E', OPT_BOOL, F(task_events), "false", 0, 0,
-     NULL, "Send task events for monitoring (accepted; event publishing is not implemented yet)"},
+     NULL, "Send task events (worker events are always sent)"},
     {"task_acks_late", "task-acks-late", 0, OPT_BOOL, F(task_acks_late), "false", 0, 0, NULL,
      "Acknowledge messages after the task ran, not before"},
     {"task_reject_on_worker_lost", "task-reject-on-worker-lost", 0, OPT_BOOL,
@@ -85,6 +85,14 @@ static const struct option_def options[] = {
     {"broker_connection_max_backoff", "broker-connection-max-backoff", 0, OPT_DOUBLE,
      F(broker_connection_max_backoff), "10", 0.1, 3600, NULL,
      "Longest wait between broker reconnect attempts, seconds"},
+    {"heartbeat_interval", "heartbeat-interval", 0, OPT_DOUBLE, F(heartbeat_interval), "2.0",
+     0.1, 3600, NULL, "Seconds between worker-heartbeat events"},
+    {"without_heartbeat", "without-heartbeat", 0, OPT_BOOL, F(without_heartbeat), "false", 0, 0,
+     NULL, "Send no worker-heartbeat events"},
+    {"statedb", "statedb", 'S', OPT_STR, F(statedb), NULL, 0, 0, NULL,
+     "Keep revoked task ids in this file across restarts"},
+    {"status_file", "status-file", 0, OPT_STR, F(status_file), NULL, 0, 0, NULL,
+     "Liveness file read by `celeriac status` (default: <pidfile>.status)"},
     {"document_max_bytes", "document-max-bytes", 0, OPT_SIZE, F(builtin.document_max_bytes),
      "52428800", 1, 4e9, NULL, "process_document: largest document accepted or downloaded"},
     {"document_fetch_timeout", "document-fetch-timeout", 0, OPT_LONG,
@@ -452,6 +460,13 @@ enum config_result config_load(struct config *c, int argc, char **argv)
                     c->task_aliases.items[i]);
             return CONFIG_EXIT_USAGE;
         }
+    }
+    if (!c->status_file && c->pidfile) {
+        size_t n = strlen(c->pidfile) + 8;
+        c->status_file = malloc(n);
+        if (!c->status_file)
+            return CONFIG_EXIT_USAGE;
+        snprintf(c->status_file, n, "%s.status", c->pidfile);
     }
     char *host = config_expand_hostname(c->hostname);
     if (!host)

@@ -40,6 +40,10 @@ struct config {
     double result_backend_retry_timeout; /* how long a result store retries */
     double broker_connection_max_backoff; /* reconnect backoff cap, seconds */
     struct builtin_config builtin;/* process_document settings */
+    double heartbeat_interval;    /* worker-heartbeat period, seconds */
+    int without_heartbeat;        /* send no worker-heartbeat */
+    char *statedb;                /* revoked ids persisted here (-S) */
+    char *status_file;            /* liveness file for `celeriac status` */
     char *config_file;            /* --config */
 };
 

@@ -105,6 +105,7 @@ static int spawn(struct pool *p, struct pool_child *c)
     c->started = 0;
     c->job = NULL;
     c->tasks_run = 0;
+    c->retiring = 0;
     return 0;
 }
 
@@ -134,9 +135,61 @@ int pool_respawn(struct pool *p, size_t i)
 struct pool_child *pool_idle(struct pool *p)
 {
     for (size_t i = 0; i < p->n; i++)
-        if (p->children[i].pid && !p->children[i].busy)
+        if (p->children[i].pid && !p->children[i].busy && !p->children[i].retiring)
             return &p->children[i];
     return NULL;
+}
+
+int pool_grow(struct pool *p, size_t n)
+{
+    while (n > 0) {
+        size_t slot = p->n;
+        for (size_t i = 0; i < p->n; i++)
+            if (p->children[i].pid == 0 && p->children[i].fd < 0) {
+                slot = i;
+                break;
+            }
+        if (slot == p->n) {
+            struct pool_child *c = realloc(p->children, (p->n + 1) * sizeof *c);
+            if (!c)
+                return CELERIAC_ENOMEM;
+            p->children = c;
+            memset(&c[p->n], 0, sizeof *c);
+            c[p->n].fd = -1;
+            p->n++;
+        }
+        int rc = spawn(p, &p->children[slot]);
+        if (rc < 0)
+            return rc;
+        n--;
+    }
+    return 0;
+}
+
+size_t pool_shrink(struct pool *p, size_t n)
+{
+    size_t done = 0;
+    /* Idle processes first, then busy ones (they leave after their job). */
+    for (int pass = 0; pass < 2 && done < n; pass++)
+        for (size_t i = 0; i < p->n && done < n; i++) {
+            struct pool_child *c = &p->children[i];
+            if (!c->pid || c->retiring || (pass == 0 && c->busy))
+                continue;
+            c->retiring = 1;
+            if (!c->busy && c->fd >= 0)
+                shutdown(c->fd, SHUT_WR);
+            done++;
+        }
+    return done;
+}
+
+size_t pool_size(const struct pool *p)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < p->n; i++)
+        if (p->children[i].pid && !p->children[i].retiring)
+            n++;
+    return n;
 }
 
 int pool_send(struct pool_child *c, uint32_t flags, const char *envelope, size_t len, void *job)

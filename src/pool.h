@@ -38,6 +38,7 @@ struct pool_child {
     void *job;         /* borrowed: the worker's job while busy */
     struct buf in;     /* owned: bytes received, not yet a whole frame */
     unsigned tasks_run;/* jobs completed by this process */
+    int retiring;      /* pool shrinking: exits after its current job, not replaced */
 };
 
 struct pool {
@@ -54,6 +55,13 @@ struct pool {
 int pool_start(struct pool *p, size_t n, pool_child_fn fn, void *ud);
 /* Replaces the process in slot i (after it died). */
 int pool_respawn(struct pool *p, size_t i);
+/* Adds n processes (reusing empty slots). Slot pointers may move. */
+int pool_grow(struct pool *p, size_t n);
+/* Retires up to n processes: idle ones exit now, busy ones after their job.
+ * Returns how many were retired. */
+size_t pool_shrink(struct pool *p, size_t n);
+/* Processes running and not retiring. */
+size_t pool_size(const struct pool *p);
 /* An idle child, or NULL. */
 struct pool_child *pool_idle(struct pool *p);
 /* Sends a job; marks the child busy with job. */

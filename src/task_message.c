@@ -381,6 +381,8 @@ out:
     return out;
 }
 
+/* out is overwritten (zeroed first, nothing in it is freed); on any return
+ * the caller frees it with task_message_clear(). */
 int task_message_decode(const char *envelope, size_t len, const struct task_message_limits *lim,
                         struct task_message *out, char *err, size_t errlen)
 {
@@ -415,6 +417,22 @@ int task_message_decode(const char *envelope, size_t len, const struct task_mess
         fail(&d, CELERIAC_EPARSE, "envelope is not a JSON object (%s)", type_name(env));
         goto out;
     }
+    /* Identity first, so that the caller can ack and store a FAILURE even
+     * when everything after this is garbage: properties, then headers. */
+    const celeriac_value *props = member(env, "properties");
+    if (props && props->type != CELERIAC_OBJECT) {
+        fail(&d, CELERIAC_EPARSE, "properties is not an object (%s)", type_name(props));
+        props = NULL;
+    }
+    const celeriac_value *dinfo = member(props, "delivery_info");
+    if (dinfo && dinfo->type != CELERIAC_OBJECT) {
+        fail(&d, CELERIAC_EPARSE, "properties.delivery_info is not an object (%s)",
+             type_name(dinfo));
+        dinfo = NULL;
+    }
+    opt_str(&d, props, "properties", "delivery_tag", &out->delivery_tag);
+    opt_str(&d, props, "properties", "reply_to", &out->reply_to);
+    opt_str(&d, props, "properties", "correlation_id", &out->correlation_id);
     celeriac_value *headers = value_take(env, "headers");
     if (celeriac_value_type(headers) == CELERIAC_NULL) {
         celeriac_value_free(headers);
@@ -427,26 +445,9 @@ int task_message_decode(const char *envelope, size_t len, const struct task_mess
     if (headers->type != CELERIAC_OBJECT) {
         fail(&d, CELERIAC_EPARSE, "headers is not an object (%s)", type_name(headers));
         celeriac_value_free(headers);
-        goto out;
+        headers = NULL; /* the id can still come from correlation_id */
     }
     out->headers = headers;
-    const celeriac_value *props = member(env, "properties");
-    if (props && props->type != CELERIAC_OBJECT) {
-        fail(&d, CELERIAC_EPARSE, "properties is not an object (%s)", type_name(props));
-        props = NULL;
-    }
-    const celeriac_value *dinfo = member(props, "delivery_info");
-    if (dinfo && dinfo->type != CELERIAC_OBJECT) {
-        fail(&d, CELERIAC_EPARSE, "properties.delivery_info is not an object (%s)",
-             type_name(dinfo));
-        dinfo = NULL;
-    }
-
-    /* Identity first, so that the caller can ack and store a FAILURE even
-     * when everything after this is garbage. */
-    opt_str(&d, props, "properties", "delivery_tag", &out->delivery_tag);
-    opt_str(&d, props, "properties", "reply_to", &out->reply_to);
-    opt_str(&d, props, "properties", "correlation_id", &out->correlation_id);
     opt_str(&d, headers, "headers", "id", &out->id);
     if (!out->id && out->correlation_id && !(out->id = strdup(out->correlation_id)))
         fail(&d, CELERIAC_ENOMEM, "out of memory");
@@ -507,6 +508,8 @@ int task_message_decode(const char *envelope, size_t len, const struct task_mess
              "not a Celery task message: no headers.task, and the body (%s) has no task",
              type_name(body));
     }
+    if (!d.rc && !out->id)
+        fail(&d, CELERIAC_EPARSE, "message has no task id (headers.id, correlation_id, body.id)");
 out:
     celeriac_value_free(body);
     celeriac_value_free(env);

@@ -2,6 +2,7 @@
  * reconnect and shutdown. Decoding is task_message.c, storage is backend_*.c,
  * running tasks is task_exec.c in pool processes. */
 #include "worker.h"
+#include "worker_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -27,66 +28,13 @@
 #include "url.h"
 #include "util.h"
 #include "value.h"
+#include "revoked.h"
 
 #define MAX_SCHEDULED 10000        /* ETA jobs held in memory before fetching pauses */
 #define WARM_FETCH_GRACE 3.0       /* seconds to wait for an outstanding fetch at stop */
 
-/* Worker lifecycle; changed only through set_state(), which logs transitions. */
-enum worker_state {
-    W_STARTING,     /* connecting for the first time */
-    W_RUNNING,      /* consuming */
-    W_RECONNECTING, /* broker link lost; running jobs continue */
-    W_WARM_STOP,    /* no new messages; finishing running jobs */
-    W_COLD_STOP,    /* children killed; returning messages and exiting */
-    W_STOPPED
-};
 static const char *const state_names[] = {"starting", "running", "reconnecting",
                                           "warm shutdown", "cold shutdown", "stopped"};
-
-/* One message the worker holds: reserved (waiting or scheduled) or active. */
-struct job {
-    struct task_message msg; /* owned, decoded */
-    char *envelope;          /* owned raw envelope as received */
-    size_t len;
-    char queue[256];
-    int acks_late;           /* ack after the task ran */
-    int acked;               /* ack done (or handed to pending_acks) */
-    int reserved;            /* recorded in the broker's unacked set */
-    uint32_t flags;          /* EXEC_* sent to the child */
-    double received;         /* wall clock */
-    struct job *next;        /* ready/scheduled list link */
-};
-
-struct tag_list {
-    char **tags; /* owned */
-    size_t len, cap;
-};
-
-struct worker {
-    const struct config *cfg;  /* borrowed */
-    celeriac_registry *registry;
-    struct broker *broker;     /* owned */
-    struct backend *backend;   /* owned; NULL = results disabled */
-    struct pool pool;
-    struct task_exec exec;
-    struct builtin_config builtin;
-    struct task_message_limits limits;
-    enum worker_state state;
-    struct job *ready_head, *ready_tail; /* FIFO waiting for a pool process */
-    struct job *scheduled;               /* sorted by eta */
-    size_t nready, nscheduled, nactive, unacked; /* unacked: reserved and not acked */
-    size_t prefetch_limit;
-    struct tag_list pending_acks;        /* acks to send once the broker is back */
-    int sigpipe[2];
-    double next_restore;                 /* monotonic */
-    double next_refresh;                 /* monotonic: keep our unacked entries fresh */
-    double reconnect_at;                 /* monotonic */
-    double backoff;
-    double stop_deadline;                /* monotonic; fetch grace in warm stop */
-    int returned;                        /* warm stop: reserved jobs handed back */
-    unsigned long processed;
-    int exit_code;
-};
 
 static int sigpipe_w = -1;
 
@@ -188,6 +136,57 @@ static void store_failure(struct worker *w, const struct task_message *m, const 
         backend_store_failure(w->backend, m->id, module, type, message, m->parent_id, m->group);
 }
 
+static celeriac_value *fields_uuid(const struct task_message *m)
+{
+    celeriac_value *f = celeriac_value_new_object();
+    if (f)
+        celeriac_value_set(f, "uuid", celeriac_value_new_string(m->id ? m->id : ""));
+    return f;
+}
+
+static void event_revoked(struct worker *w, const struct task_message *m, int terminated,
+                          int signum, int expired)
+{
+    celeriac_value *f = fields_uuid(m);
+    if (!f)
+        return;
+    celeriac_value_set(f, "terminated", celeriac_value_new_bool(terminated));
+    celeriac_value_set(f, "signum", signum ? celeriac_value_new_int(signum)
+                                           : celeriac_value_new_null());
+    celeriac_value_set(f, "expired", celeriac_value_new_bool(expired));
+    events_task(&w->events, "task-revoked", f);
+}
+
+static void event_failed(struct worker *w, const struct task_message *m, const char *exc_repr,
+                         const char *traceback)
+{
+    celeriac_value *f = fields_uuid(m);
+    if (!f)
+        return;
+    celeriac_value_set(f, "exception", celeriac_value_new_string(exc_repr ? exc_repr : ""));
+    if (traceback)
+        celeriac_value_set(f, "traceback", celeriac_value_new_string(traceback));
+    events_task(&w->events, "task-failed", f);
+}
+
+static void count_task(struct worker *w, const char *name)
+{
+    for (size_t i = 0; i < w->ntotals; i++)
+        if (strcmp(w->totals[i].name, name) == 0) {
+            w->totals[i].count++;
+            return;
+        }
+    struct task_total *t = realloc(w->totals, (w->ntotals + 1) * sizeof *t);
+    if (!t)
+        return;
+    w->totals = t;
+    t[w->ntotals].name = strdup(name);
+    if (t[w->ntotals].name) {
+        t[w->ntotals].count = 1;
+        w->ntotals++;
+    }
+}
+
 static void store_revoked(struct worker *w, const struct task_message *m, const char *reason)
 {
     if (!w->backend || !m->id || m->ignore_result)
@@ -276,12 +275,23 @@ static void on_message(struct worker *w, struct broker_delivery *d)
         char msg[600];
         snprintf(msg, sizeof msg, "%s", j->msg.task);
         store_failure(w, &j->msg, "celery.exceptions", "NotRegistered", msg);
+        char *exc = task_exec_exc_repr("NotRegistered", j->msg.task);
+        event_failed(w, &j->msg, exc, NULL);
+        free(exc);
+        job_free(j);
+        return;
+    }
+    if (revoked_contains(&w->revoked, j->msg.id, util_now())) {
+        log_info("Discarding revoked task: %s[%s]", name, j->msg.id);
+        store_revoked(w, &j->msg, "revoked");
+        event_revoked(w, &j->msg, 0, 0, 0);
         job_free(j);
         return;
     }
     if (j->msg.expires > 0 && j->msg.expires < util_now()) {
         log_info("Discarding revoked task: %s[%s] (expired)", name, j->msg.id);
         store_revoked(w, &j->msg, "expired");
+        event_revoked(w, &j->msg, 0, 0, 1);
         job_free(j);
         return;
     }
@@ -302,6 +312,35 @@ static void on_message(struct worker *w, struct broker_delivery *d)
         }
     }
     log_info("Task %s[%s] received", name, j->msg.id);
+    if (w->events.task_events) {
+        celeriac_value *f = fields_uuid(&j->msg);
+        char eta[40], expires[40];
+        if (j->msg.eta > 0)
+            util_iso8601_format_tz(j->msg.eta, eta, sizeof eta);
+        if (j->msg.expires > 0)
+            util_iso8601_format_tz(j->msg.expires, expires, sizeof expires);
+        char *args = j->msg.argsrepr ? NULL : value_repr(j->msg.args, 1024);
+        char *kwargs = j->msg.kwargsrepr ? NULL : value_repr(j->msg.kwargs, 1024);
+        celeriac_value_set(f, "name", celeriac_value_new_string(name));
+        celeriac_value_set(f, "args", celeriac_value_new_string(
+                                          j->msg.argsrepr ? j->msg.argsrepr : args ? args : ""));
+        celeriac_value_set(f, "kwargs",
+                           celeriac_value_new_string(j->msg.kwargsrepr ? j->msg.kwargsrepr
+                                                                       : kwargs ? kwargs : ""));
+        celeriac_value_set(f, "root_id", j->msg.root_id ? celeriac_value_new_string(j->msg.root_id)
+                                                        : celeriac_value_new_null());
+        celeriac_value_set(f, "parent_id", j->msg.parent_id
+                                               ? celeriac_value_new_string(j->msg.parent_id)
+                                               : celeriac_value_new_null());
+        celeriac_value_set(f, "retries", celeriac_value_new_int(j->msg.retries));
+        celeriac_value_set(f, "eta", j->msg.eta > 0 ? celeriac_value_new_string(eta)
+                                                    : celeriac_value_new_null());
+        celeriac_value_set(f, "expires", j->msg.expires > 0 ? celeriac_value_new_string(expires)
+                                                            : celeriac_value_new_null());
+        events_task(&w->events, "task-received", f);
+        free(args);
+        free(kwargs);
+    }
     if (j->msg.eta > util_now())
         schedule_insert(w, j);
     else
@@ -319,6 +358,16 @@ static void dispatch(struct worker *w)
             log_info("Discarding revoked task: %s[%s] (expired)",
                      task_message_display_name(&j->msg), j->msg.id);
             store_revoked(w, &j->msg, "expired");
+            event_revoked(w, &j->msg, 0, 0, 1);
+            job_ack(w, j);
+            job_free(j);
+            continue;
+        }
+        if (revoked_contains(&w->revoked, j->msg.id, util_now())) {
+            log_info("Discarding revoked task: %s[%s]", task_message_display_name(&j->msg),
+                     j->msg.id);
+            store_revoked(w, &j->msg, "revoked");
+            event_revoked(w, &j->msg, 0, 0, 0);
             job_ack(w, j);
             job_free(j);
             continue;
@@ -333,6 +382,8 @@ static void dispatch(struct worker *w)
             continue;
         }
         w->nactive++;
+        j->time_start = util_now();
+        j->worker_pid = c->pid;
         if (!j->acks_late)
             job_ack(w, j); /* Celery's default: acknowledged when the pool accepts it */
     }
@@ -349,12 +400,26 @@ static void job_done(struct worker *w, struct pool_child *c, const struct pool_o
     w->nactive--;
     w->processed++;
     const char *name = task_message_display_name(&j->msg);
-    if (o->status == POOL_SUCCESS)
+    count_task(w, name);
+    if (o->status == POOL_SUCCESS) {
         log_info("Task %s[%s] succeeded in %.6fs: %s", name, j->msg.id, o->runtime,
                  o->detail ? o->detail : "None");
-    else
+        celeriac_value *f = fields_uuid(&j->msg);
+        if (f) {
+            celeriac_value_set(f, "result", celeriac_value_new_string(o->detail ? o->detail
+                                                                                : "None"));
+            celeriac_value_set(f, "runtime", celeriac_value_new_double(o->runtime));
+            events_task(&w->events, "task-succeeded", f);
+        }
+    } else {
         log_error("Task %s[%s] raised unexpected: %s", name, j->msg.id,
                   o->detail ? o->detail : "?");
+        struct buf tb = {0};
+        buf_printf(&tb, "Traceback (most recent call last):\n  File \"celeriac\", in %s\n%s\n",
+                   name, o->detail ? o->detail : "");
+        event_failed(w, &j->msg, o->detail, tb.p);
+        buf_free(&tb);
+    }
     if (j->acks_late)
         job_ack(w, j); /* task_acks_on_failure_or_timeout: failures are acked too */
     job_free(j);
@@ -382,7 +447,11 @@ static void child_lost(struct worker *w, struct pool_child *c, int status)
                   c->index, (int)c->pid, how, name, j->msg.id);
         w->nactive--;
         w->processed++;
-        if (j->acks_late && w->cfg->task_reject_on_worker_lost && !j->acked) {
+        count_task(w, name);
+        if (j->terminated) {
+            /* Revoked with terminate: REVOKED was stored when it was signalled. */
+            job_ack(w, j);
+        } else if (j->acks_late && w->cfg->task_reject_on_worker_lost && !j->acked) {
             log_warning("Task %s[%s] requeued (task_reject_on_worker_lost)", name, j->msg.id);
             j->acked = 1;
             if (w->unacked)
@@ -391,6 +460,11 @@ static void child_lost(struct worker *w, struct pool_child *c, int status)
                 w->broker->ops->reject(w->broker, j->msg.delivery_tag, 1) < 0)
                 log_warning("requeue of %s failed; it returns after visibility_timeout",
                             j->msg.id);
+            celeriac_value *f = fields_uuid(&j->msg);
+            if (f) {
+                celeriac_value_set(f, "requeue", celeriac_value_new_bool(1));
+                events_task(&w->events, "task-rejected", f);
+            }
         } else {
             char msg[160];
             snprintf(msg, sizeof msg, "Worker exited prematurely: %s Job: %lu.", how,
@@ -398,17 +472,25 @@ static void child_lost(struct worker *w, struct pool_child *c, int status)
             log_error("Task %s[%s] raised unexpected: WorkerLostError('%s')", name, j->msg.id,
                       msg);
             store_failure(w, &j->msg, "billiard.exceptions", "WorkerLostError", msg);
+            char *exc = task_exec_exc_repr("WorkerLostError", msg);
+            struct buf tb = {0};
+            buf_printf(&tb, "Traceback (most recent call last):\n  File \"celeriac\", in pool\n"
+                            "billiard.exceptions.WorkerLostError: %s\n", msg);
+            event_failed(w, &j->msg, exc, tb.p);
+            buf_free(&tb);
+            free(exc);
             job_ack(w, j);
         }
         job_free(j);
         c->job = NULL;
-    } else if (w->state < W_WARM_STOP) {
+    } else if (w->state < W_WARM_STOP && !c->retiring) {
         log_error("Process 'ForkPoolWorker-%d' pid:%d exited with '%s'", c->index, (int)c->pid,
                   how);
     }
     size_t slot = (size_t)(c - w->pool.children);
+    int retiring = c->retiring;
     pool_forget(c);
-    if (w->state < W_WARM_STOP && pool_respawn(&w->pool, slot) < 0)
+    if (!retiring && w->state < W_WARM_STOP && pool_respawn(&w->pool, slot) < 0)
         log_error("cannot replace pool process: %s", w->pool.errstr);
 }
 
@@ -426,8 +508,13 @@ static void read_child(struct worker *w, struct pool_child *c)
             }
             return;
         }
-        if (type == POOL_STARTED)
+        if (type == POOL_STARTED) {
             c->started = 1;
+            struct job *j = c->job;
+            celeriac_value *f = j ? fields_uuid(&j->msg) : NULL;
+            if (f)
+                events_task(&w->events, "task-started", f);
+        }
         else if (type == POOL_DONE)
             job_done(w, c, &o);
         free(o.detail);
@@ -454,6 +541,9 @@ static int connect_broker(struct worker *w)
 {
     int rc = w->broker->ops->connect(w->broker);
     if (rc < 0)
+        return rc;
+    /* Our mailbox: bound like kombu's pidbox Node so clients can count us. */
+    if ((rc = w->broker->ops->bind(w->broker, "celery.pidbox", "", w->pidbox_queue)) < 0)
         return rc;
     for (size_t i = 0; i < w->pending_acks.len; i++) {
         if (w->broker->ops->ack(w->broker, w->pending_acks.tags[i]) < 0)
@@ -507,12 +597,31 @@ static void restore_visible(struct worker *w)
 
 /* ---- cron ------------------------------------------------------------------- */
 
+/* The liveness file `celeriac status` reads: written atomically. */
+static void write_status(struct worker *w)
+{
+    if (!w->cfg->status_file)
+        return;
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", w->cfg->status_file);
+    FILE *f = fopen(tmp, "w");
+    if (!f)
+        return;
+    fprintf(f, "pid=%ld\nstate=%s\nupdated=%.3f\nnode=%s\nactive=%zu\nprocessed=%lu\n",
+            (long)getpid(), state_names[w->state], util_now(), w->cfg->hostname, w->nactive,
+            w->processed);
+    if (fclose(f) == 0)
+        rename(tmp, w->cfg->status_file);
+}
+
 static void return_reserved(struct worker *w);
 
 /* worker_cron: the periodic duties, run every loop iteration (cheap checks):
  *  - move due ETA jobs to the ready list;
  *  - refresh the unacked entries of messages we hold (every visibility_timeout/4);
  *  - scan for unacked messages past visibility_timeout every unacked_restore_interval;
+ *  - send worker-heartbeat every heartbeat_interval;
+ *  - rewrite the status file and the revoked-ids state file once a second;
  *  - reconnect to the broker with exponential backoff;
  *  - in a warm shutdown, return reserved messages once no fetch is outstanding. */
 static void worker_cron(struct worker *w)
@@ -533,6 +642,16 @@ static void worker_cron(struct worker *w)
     }
     if (w->state == W_RUNNING && mono >= w->next_refresh)
         refresh_held(w);
+    if (w->state == W_RUNNING && w->events.freq > 0 && mono >= w->events.next_heartbeat) {
+        events_worker(&w->events, "worker-heartbeat", w->nactive, w->processed);
+        w->events.next_heartbeat = mono + w->events.freq;
+    }
+    if (mono >= w->next_status) {
+        write_status(w);
+        revoked_purge(&w->revoked, now);
+        revoked_save(&w->revoked);
+        w->next_status = mono + 1;
+    }
     if (w->state == W_RUNNING && mono >= w->next_restore)
         restore_visible(w);
     if (w->state == W_RECONNECTING && mono >= w->reconnect_at) {
@@ -655,6 +774,12 @@ static int loop_once(struct worker *w)
         broker_slot = nfds;
         fds[nfds++] = (struct pollfd){.fd = bfd, .events = POLLIN};
     }
+    int sfd = w->broker->ops->sub_fd(w->broker);
+    size_t sub_slot = (size_t)-1;
+    if (sfd >= 0) {
+        sub_slot = nfds;
+        fds[nfds++] = (struct pollfd){.fd = sfd, .events = POLLIN};
+    }
     size_t child_base = nfds;
     for (size_t i = 0; i < w->pool.n && nfds < sizeof fds / sizeof fds[0]; i++)
         fds[nfds++] = (struct pollfd){.fd = w->pool.children[i].fd, .events = POLLIN};
@@ -676,9 +801,21 @@ static int loop_once(struct worker *w)
         return CELERIAC_EIO;
     }
     if (n <= 0)
-        return 0;
+        goto flush;
     if (fds[0].revents)
         handle_signals(w);
+    if (sub_slot != (size_t)-1 && fds[sub_slot].revents) {
+        struct broker_delivery d = {0};
+        int rc;
+        while ((rc = w->broker->ops->sub_read(w->broker, &d)) == 1) {
+            if (strcmp(d.queue, "celery.pidbox") == 0 && w->state < W_WARM_STOP)
+                control_handle(w, d.body, d.len);
+            free(d.body);
+            d.body = NULL;
+        }
+        if (rc < 0 && w->state < W_WARM_STOP)
+            broker_lost(w, "remote control");
+    }
     if (broker_slot != (size_t)-1 && fds[broker_slot].revents) {
         struct broker_delivery d = {0};
         int rc = w->broker->ops->fetch_read(w->broker, &d);
@@ -715,6 +852,10 @@ static int loop_once(struct worker *w)
                 break;
             }
     }
+flush:
+    if (w->state != W_RECONNECTING && w->events.broker &&
+        events_flush(&w->events) < 0 && w->state < W_WARM_STOP)
+        broker_lost(w, "events");
     return 0;
 }
 
@@ -791,6 +932,8 @@ int worker_run(struct worker *w)
 
     print_banner(w);
     set_state(w, W_STARTING);
+    w->started_at = util_now();
+    w->broker->ops->subscribe(w->broker, "celery.pidbox", "");
     double deadline = util_monotonic() + 10;
     while (connect_broker(w) < 0) {
         log_error("Cannot connect to %s: %s", "broker", w->broker->errstr);
@@ -812,6 +955,9 @@ int worker_run(struct worker *w)
     set_state(w, W_RUNNING);
     restore_visible(w);
     log_info("%s ready.", w->cfg->hostname);
+    events_worker(&w->events, "worker-online", 0, 0);
+    w->events.next_heartbeat = util_monotonic() + w->events.freq;
+    write_status(w);
 
     while (w->state != W_STOPPED) {
         if (loop_once(w) < 0) {
@@ -830,9 +976,151 @@ int worker_run(struct worker *w)
         if (w->pool.children[i].fd >= 0)
             shutdown(w->pool.children[i].fd, SHUT_WR);
     wait_children(w, 10);
+    /* Best effort: with the broker gone these fail quietly. */
+    events_worker(&w->events, "worker-offline", 0, w->processed);
+    events_flush(&w->events);
+    w->broker->ops->unbind(w->broker, "celery.pidbox", "", w->pidbox_queue);
+    revoked_save(&w->revoked);
+    if (w->cfg->status_file)
+        unlink(w->cfg->status_file);
     w->broker->ops->disconnect(w->broker);
     log_info("%s stopped (processed %lu task(s))", w->cfg->hostname, w->processed);
     return w->exit_code;
+}
+
+/* ---- services for remote control ----------------------------------------- */
+
+void worker_begin_warm_stop(struct worker *w, const char *why)
+{
+    log_warning("%s", why);
+    begin_warm_stop(w);
+}
+
+unsigned long worker_clock_forward(struct worker *w)
+{
+    return ++w->clock;
+}
+
+void worker_clock_adjust(struct worker *w, unsigned long other)
+{
+    w->clock = (other > w->clock ? other : w->clock) + 1;
+}
+
+size_t worker_revoke(struct worker *w, const char *const *ids, size_t n, int terminate,
+                     int signum, const char **terminated, size_t max)
+{
+    double now = util_now();
+    size_t nterm = 0;
+    for (size_t i = 0; i < n; i++) {
+        revoked_add(&w->revoked, ids[i], now);
+        if (!terminate)
+            continue;
+        for (size_t k = 0; k < w->pool.n; k++) {
+            struct pool_child *c = &w->pool.children[k];
+            struct job *j = c->job;
+            if (!j || !j->msg.id || strcmp(j->msg.id, ids[i]) != 0 || j->terminated)
+                continue;
+            log_info("Terminating %s (%s)", j->msg.id, sigabbrev_np(signum) ? sigabbrev_np(signum)
+                                                                             : "?");
+            j->terminated = 1;
+            j->signum = signum;
+            store_revoked(w, &j->msg, "terminated");
+            event_revoked(w, &j->msg, 1, signum, 0);
+            kill(c->pid, signum);
+            if (nterm < max)
+                terminated[nterm] = j->msg.id;
+            nterm++;
+        }
+    }
+    revoked_save(&w->revoked);
+    return nterm;
+}
+
+int worker_set_queues(struct worker *w, const char *add, const char *remove)
+{
+    struct strlist *q = &w->queues;
+    if (add) {
+        for (size_t i = 0; i < q->len; i++)
+            if (strcmp(q->items[i], add) == 0)
+                return 0;
+        char **items = realloc(q->items, (q->len + 1) * sizeof *items);
+        if (!items)
+            return CELERIAC_ENOMEM;
+        q->items = items;
+        if (!(items[q->len] = strdup(add)))
+            return CELERIAC_ENOMEM;
+        q->len++;
+    }
+    if (remove) {
+        for (size_t i = 0; i < q->len; i++)
+            if (strcmp(q->items[i], remove) == 0) {
+                free(q->items[i]);
+                memmove(&q->items[i], &q->items[i + 1], (q->len - i - 1) * sizeof *q->items);
+                q->len--;
+                break;
+            }
+    }
+    return w->broker->ops->set_queues(w->broker, q->items, q->len);
+}
+
+int worker_pool_resize(struct worker *w, long delta)
+{
+    if (delta > 0) {
+        int rc = pool_grow(&w->pool, (size_t)delta);
+        if (rc == 0)
+            w->prefetch_limit = pool_size(&w->pool) * (size_t)w->cfg->prefetch_multiplier;
+        return rc;
+    }
+    size_t size = pool_size(&w->pool);
+    size_t n = (size_t)-delta;
+    if (n >= size)
+        n = size - 1; /* never below one process */
+    pool_shrink(&w->pool, n);
+    w->prefetch_limit = pool_size(&w->pool) * (size_t)w->cfg->prefetch_multiplier;
+    return 0;
+}
+
+celeriac_value *worker_request_info(const struct worker *w, const struct job *j, int safe)
+{
+    const struct task_message *m = &j->msg;
+    celeriac_value *r = celeriac_value_new_object();
+    celeriac_value *di = celeriac_value_new_object();
+    if (!r || !di) {
+        celeriac_value_free(r);
+        celeriac_value_free(di);
+        return NULL;
+    }
+    const char *name = task_message_display_name(m);
+    celeriac_value_set(r, "id", celeriac_value_new_string(m->id));
+    celeriac_value_set(r, "name", celeriac_value_new_string(name));
+    if (safe) {
+        char *a = m->argsrepr ? NULL : value_repr(m->args, 1024);
+        char *k = m->kwargsrepr ? NULL : value_repr(m->kwargs, 1024);
+        celeriac_value_set(r, "args", celeriac_value_new_string(m->argsrepr ? m->argsrepr
+                                                                            : a ? a : ""));
+        celeriac_value_set(r, "kwargs", celeriac_value_new_string(m->kwargsrepr ? m->kwargsrepr
+                                                                                : k ? k : ""));
+        free(a);
+        free(k);
+    } else {
+        celeriac_value_set(r, "args", celeriac_value_copy(m->args));
+        celeriac_value_set(r, "kwargs", celeriac_value_copy(m->kwargs));
+    }
+    celeriac_value_set(r, "type", celeriac_value_new_string(m->task));
+    celeriac_value_set(r, "hostname", celeriac_value_new_string(w->cfg->hostname));
+    celeriac_value_set(r, "time_start", j->time_start > 0 ? celeriac_value_new_double(j->time_start)
+                                                          : celeriac_value_new_null());
+    celeriac_value_set(r, "acknowledged", celeriac_value_new_bool(j->acked));
+    celeriac_value_set(di, "exchange", celeriac_value_new_string(m->exchange ? m->exchange : ""));
+    celeriac_value_set(di, "routing_key",
+                       celeriac_value_new_string(m->routing_key ? m->routing_key : j->queue));
+    celeriac_value_set(di, "priority", celeriac_value_new_int(m->priority));
+    celeriac_value_set(di, "redelivered", m->redelivered ? celeriac_value_new_bool(1)
+                                                         : celeriac_value_new_null());
+    celeriac_value_set(r, "delivery_info", di);
+    celeriac_value_set(r, "worker_pid", j->worker_pid ? celeriac_value_new_int(j->worker_pid)
+                                                      : celeriac_value_new_null());
+    return r;
 }
 
 struct worker *worker_new(const struct config *cfg)
@@ -880,8 +1168,6 @@ struct worker *worker_new(const struct config *cfg)
         log_error("broker: %s", err);
         goto fail;
     }
-    if (w->broker->ops->set_queues(w->broker, cfg->queues.items, cfg->queues.len) < 0)
-        goto fail;
     if (cfg->result_backend && *cfg->result_backend) {
         w->backend = backend_new(cfg->result_backend, cfg->result_expires,
                                  cfg->result_backend_retry_timeout, err, sizeof err);
@@ -898,6 +1184,13 @@ struct worker *worker_new(const struct config *cfg)
     w->exec.backend_retry_timeout = cfg->result_backend_retry_timeout;
     w->exec.hostname = cfg->hostname;
     w->exec.limits = w->limits;
+    events_init(&w->events, w->broker, cfg->hostname, &w->clock,
+                cfg->without_heartbeat ? 0 : cfg->heartbeat_interval, cfg->task_events);
+    revoked_init(&w->revoked, cfg->statedb);
+    snprintf(w->pidbox_queue, sizeof w->pidbox_queue, "%s.celery.pidbox", cfg->hostname);
+    for (size_t i = 0; i < cfg->queues.len; i++)
+        if (worker_set_queues(w, cfg->queues.items[i], NULL) < 0)
+            goto fail;
     return w;
 fail:
     worker_free(w);
@@ -921,6 +1214,14 @@ void worker_free(struct worker *w)
     for (size_t i = 0; i < w->pending_acks.len; i++)
         free(w->pending_acks.tags[i]);
     free(w->pending_acks.tags);
+    events_clear(&w->events);
+    revoked_free(&w->revoked);
+    for (size_t i = 0; i < w->queues.len; i++)
+        free(w->queues.items[i]);
+    free(w->queues.items);
+    for (size_t i = 0; i < w->ntotals; i++)
+        free(w->totals[i].name);
+    free(w->totals);
     broker_free(w->broker);
     backend_free(w->backend);
     task_registry_free(w->registry);

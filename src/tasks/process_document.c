@@ -26,6 +26,7 @@
 #define CSV_SNIFF_RECORDS 20  /* records compared when sniffing CSV */
 #define CSV_HEADER_MAX 1000   /* header columns reported */
 #define TITLE_MAX 1000        /* bytes of a title kept */
+#define HEADER_FIELD_MAX 256  /* bytes of each CSV header field kept */
 #define JSON_WALK_DEPTH 256   /* the JSON parser caps depth lower; this guards the walk */
 
 enum doc_type {
@@ -240,6 +241,17 @@ static size_t utf8_put(uint32_t cp, char out[4])
     out[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
     out[3] = (char)(0x80 | (cp & 0x3F));
     return 4;
+}
+
+/* The longest prefix of s[0..n) of at most max bytes that ends on a
+ * character boundary. */
+static size_t utf8_cut(const char *s, size_t n, size_t max)
+{
+    if (n <= max)
+        return n;
+    while (max > 0 && ((unsigned char)s[max] & 0xC0) == 0x80)
+        max--;
+    return max;
 }
 
 /* Unicode White_Space. */
@@ -605,10 +617,9 @@ static const char *sniff_binary(const unsigned char *s, size_t n)
         {"\xff\xfe", 2, "utf-16 text"},
         {"\xfe\xff", 2, "utf-16 text"},
         {"7z\xbc\xaf\x27\x1c", 6, "7z"},
-        {"BM", 2, NULL}, /* too short a magic to trust alone */
     };
     for (size_t i = 0; i < sizeof magics / sizeof magics[0]; i++)
-        if (magics[i].name && n >= magics[i].len && memcmp(s, magics[i].magic, magics[i].len) == 0)
+        if (n >= magics[i].len && memcmp(s, magics[i].magic, magics[i].len) == 0)
             return magics[i].name;
     if (n >= 12 && memcmp(s, "RIFF", 4) == 0 && memcmp(s + 8, "WEBP", 4) == 0)
         return "webp";
@@ -995,20 +1006,33 @@ static int extract_markdown(struct doc *d, const char *s, size_t n)
                     sep = 0;
             if (sep)
                 continue;
-            for (size_t k = 0; k < ll && rc == 0; k++) {
+            size_t k = 0, cells = 0;
+            while (k < ll && rc == 0) {
+                if (l[k] == '|') {
+                    k++;
+                    continue;
+                }
                 size_t cell = strcspn(l + k, "|");
                 if (k + cell > ll)
                     cell = ll - k;
-                rc = md_inline(l + k, cell, out);
-                if (rc == 0 && cell > 0 && buf_append(out, " ", 1) < 0)
-                    rc = CELERIAC_ENOMEM;
+                size_t a = k, b = k + cell;
+                while (a < b && l[a] == ' ')
+                    a++;
+                while (b > a && l[b - 1] == ' ')
+                    b--;
+                if (b > a) {
+                    if (cells++ && buf_append(out, " ", 1) < 0)
+                        rc = CELERIAC_ENOMEM;
+                    if (rc == 0)
+                        rc = md_inline(l + a, b - a, out);
+                }
                 k += cell;
             }
         } else {
             rc = md_inline(l, ll, out);
         }
         if (rc == 0 && heading && !d->title && out->len > before) {
-            size_t tl = out->len - before;
+            size_t tl = utf8_cut(out->p + before, out->len - before, TITLE_MAX);
             d->title = malloc(tl + 1);
             if (!d->title)
                 rc = CELERIAC_ENOMEM;
@@ -1054,49 +1078,58 @@ static int extract_csv(struct doc *d, const char *s, size_t n)
     if (!d->csv_header)
         return CELERIAC_ENOMEM;
     while (pos < n && rc == 0) {
+        size_t q = pos;
+        while (q < n && s[q] == '\r')
+            q++;
+        if (q == n)
+            break;
+        if (s[q] == '\n') { /* blank lines are not records */
+            pos = q + 1;
+            continue;
+        }
         size_t fields = 0, start = pos, i = pos;
-        int quoted = 0, blank = 1;
         size_t line_start = d->text.len;
+        int quoted = 0;
         for (;; i++) {
-            int end = i >= n || (!quoted && (s[i] == '\n'));
-            if (i < n && !end) {
-                if (s[i] == '"')
-                    quoted = !quoted || (i + 1 < n && s[i + 1] == '"' && (i++, 1));
-                if (s[i] != '\r' && s[i] != '\n')
-                    blank = 0;
+            int end = i >= n || (!quoted && s[i] == '\n');
+            if (!end) {
+                if (s[i] == '"') {
+                    if (!quoted)
+                        quoted = 1;
+                    else if (i + 1 < n && s[i + 1] == '"')
+                        i++; /* "" inside quotes */
+                    else
+                        quoted = 0;
+                }
                 if (quoted || s[i] != delim)
                     continue;
             }
             size_t flen = i - start;
-            while (flen > 0 && (s[start + flen - 1] == '\r'))
+            while (flen > 0 && s[start + flen - 1] == '\r')
                 flen--;
             field.len = 0;
             if (csv_field(&field, s + start, flen) < 0) {
                 rc = CELERIAC_ENOMEM;
                 break;
             }
-            if (!blank) {
-                if (field.len > 0) {
-                    if (d->text.len > line_start && buf_append(&d->text, " ", 1) < 0)
-                        rc = CELERIAC_ENOMEM;
-                    if (rc == 0 && buf_append(&d->text, field.p, field.len) < 0)
-                        rc = CELERIAC_ENOMEM;
-                }
-                if (records == 0 && fields < CSV_HEADER_MAX) {
-                    if (celeriac_value_append(d->csv_header,
-                                              celeriac_value_new_stringn(field.len ? field.p : "",
-                                                                         field.len)) < 0)
-                        rc = CELERIAC_ENOMEM;
-                }
+            if (field.len > 0) {
+                if (d->text.len > line_start && buf_append(&d->text, " ", 1) < 0)
+                    rc = CELERIAC_ENOMEM;
+                if (rc == 0 && buf_append(&d->text, field.p, field.len) < 0)
+                    rc = CELERIAC_ENOMEM;
             }
+            if (rc == 0 && records == 0 && fields < CSV_HEADER_MAX &&
+                celeriac_value_append(d->csv_header,
+                                      celeriac_value_new_stringn(field.len ? field.p : "",
+                                                                 utf8_cut(field.p, field.len,
+                                                                          HEADER_FIELD_MAX))) < 0)
+                rc = CELERIAC_ENOMEM;
             fields++;
             start = i + 1;
             if (end || rc < 0)
                 break;
         }
         pos = i + 1;
-        if (blank)
-            continue;
         if (rc == 0 && buf_append(&d->text, "\n", 1) < 0)
             rc = CELERIAC_ENOMEM;
         if (fields > columns)
@@ -1192,8 +1225,9 @@ static size_t html_entity(const char *s, size_t n, struct buf *out)
 }
 
 /* Collapses whitespace in s into out: runs with a newline become one
- * newline, others one space; leading and trailing whitespace dropped. */
-static int collapse_ws(const char *s, size_t n, struct buf *out)
+ * newline (one space when one_line), others one space; leading and trailing
+ * whitespace dropped. */
+static int collapse_ws(const char *s, size_t n, int one_line, struct buf *out)
 {
     size_t i = 0;
     int pending = 0; /* 0 none, 1 space, 2 newline */
@@ -1202,7 +1236,7 @@ static int collapse_ws(const char *s, size_t n, struct buf *out)
         uint32_t cp;
         size_t k = utf8_next((const unsigned char *)s, n, i, &cp);
         if (is_uspace(cp)) {
-            if (cp == '\n' || cp == 0x2028 || cp == 0x2029)
+            if (!one_line && (cp == '\n' || cp == 0x2028 || cp == 0x2029))
                 pending = 2;
             else if (!pending)
                 pending = 1;
@@ -1258,7 +1292,9 @@ static int extract_html(struct doc *d, const char *s, size_t n)
             }
         }
         if (s[i] != '<') {
-            if (buf_append(&raw, &s[i], 1) < 0)
+            /* Source line breaks are just spaces in HTML; block tags break lines. */
+            char c = isspace((unsigned char)s[i]) ? ' ' : s[i];
+            if (buf_append(&raw, &c, 1) < 0)
                 rc = CELERIAC_ENOMEM;
             i++;
             continue;
@@ -1316,7 +1352,7 @@ static int extract_html(struct doc *d, const char *s, size_t n)
                 else if (buf_append(&t, &s[k++], 1) < 0)
                     rc = CELERIAC_ENOMEM;
             }
-            if (rc == 0 && t.len && collapse_ws(t.p, t.len > TITLE_MAX ? TITLE_MAX : t.len, &c) < 0)
+            if (rc == 0 && t.len && collapse_ws(t.p, utf8_cut(t.p, t.len, TITLE_MAX), 1, &c) < 0)
                 rc = CELERIAC_ENOMEM;
             if (rc == 0 && c.len) {
                 d->title = c.p; /* takes ownership of c's bytes */
@@ -1331,7 +1367,7 @@ static int extract_html(struct doc *d, const char *s, size_t n)
             rc = CELERIAC_ENOMEM;
     }
     if (rc == 0 && raw.len)
-        rc = collapse_ws(raw.p, raw.len, &d->text);
+        rc = collapse_ws(raw.p, raw.len, 0, &d->text);
     buf_free(&raw);
     return rc;
 }
@@ -1574,11 +1610,11 @@ static int stage_analyse(struct doc *d)
         return rc;
     thousands(d->lines, lines, sizeof lines);
     if (celeriac_value_len(d->top_terms) > 0)
-        progress(d, "Analysed %s lines; top term '%s'", lines,
+        progress(d, "Analysed %s line%s; top term '%s'", lines, d->lines == 1 ? "" : "s",
                  celeriac_value_string(celeriac_value_at(celeriac_value_at(d->top_terms, 0), 0),
                                        NULL));
     else
-        progress(d, "Analysed %s lines", lines);
+        progress(d, "Analysed %s line%s", lines, d->lines == 1 ? "" : "s");
     return 0;
 }
 
@@ -1704,7 +1740,8 @@ static celeriac_value *build_result(struct doc *d)
         static const char *const json_types[] = {"null",   "boolean", "number", "number",
                                                  "string", "string",  "array",  "object"};
         celeriac_value *json = celeriac_value_new_object();
-        put(d, json, "top_level", celeriac_value_new_string(json_types[celeriac_value_type(d->json)]));
+        const char *top = json_types[celeriac_value_type(d->json)];
+        put(d, json, "top_level", celeriac_value_new_string(top));
         put(d, json, "length", celeriac_value_new_int((int64_t)celeriac_value_len(d->json)));
         put(d, json, "strings", celeriac_value_new_int((int64_t)d->json_strings));
         put(d, r, "json", json);

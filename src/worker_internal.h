@@ -1,0 +1,112 @@
+/* worker_internal.h - the worker's state, shared by the files that make up
+ * the main process (worker.c, control.c). Nothing outside src/ sees it. */
+#ifndef CELERIAC_WORKER_INTERNAL_H
+#define CELERIAC_WORKER_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "backend.h"
+#include "broker.h"
+#include "config.h"
+#include "events.h"
+#include "pool.h"
+#include "revoked.h"
+#include "task_exec.h"
+#include "task_message.h"
+#include "tasks/builtin.h"
+
+/* Worker lifecycle; changed only through set_state(), which logs transitions. */
+enum worker_state {
+    W_STARTING,     /* connecting for the first time */
+    W_RUNNING,      /* consuming */
+    W_RECONNECTING, /* broker link lost; running jobs continue */
+    W_WARM_STOP,    /* no new messages; finishing running jobs */
+    W_COLD_STOP,    /* children killed; returning messages and exiting */
+    W_STOPPED
+};
+
+/* One message the worker holds: reserved (waiting or scheduled) or active. */
+struct job {
+    struct task_message msg; /* owned, decoded */
+    char *envelope;          /* owned raw envelope as received */
+    size_t len;
+    char queue[256];
+    int acks_late;           /* ack after the task ran */
+    int acked;               /* ack done (or handed to pending_acks) */
+    int reserved;            /* recorded in the broker's unacked set */
+    uint32_t flags;          /* EXEC_* sent to the child */
+    double received;         /* wall clock */
+    double time_start;       /* wall clock when a pool process took it, 0 before */
+    pid_t worker_pid;        /* pool process running it, 0 before */
+    int terminated;          /* revoked with terminate: report REVOKED, not a crash */
+    int signum;              /* signal used to terminate */
+    struct job *next;        /* ready/scheduled list link */
+};
+
+struct tag_list {
+    char **tags; /* owned */
+    size_t len, cap;
+};
+
+struct worker {
+    const struct config *cfg;  /* borrowed */
+    celeriac_registry *registry;
+    struct broker *broker;     /* owned */
+    struct backend *backend;   /* owned; NULL = results disabled */
+    struct pool pool;
+    struct task_exec exec;
+    struct builtin_config builtin;
+    struct task_message_limits limits;
+    enum worker_state state;
+    struct job *ready_head, *ready_tail; /* FIFO waiting for a pool process */
+    struct job *scheduled;               /* sorted by eta */
+    size_t nready, nscheduled, nactive, unacked; /* unacked: reserved and not acked */
+    size_t prefetch_limit;
+    struct tag_list pending_acks;        /* acks to send once the broker is back */
+    int sigpipe[2];
+    double next_restore;                 /* monotonic */
+    double next_refresh;                 /* monotonic: keep our unacked entries fresh */
+    double reconnect_at;                 /* monotonic */
+    double backoff;
+    double stop_deadline;                /* monotonic; fetch grace in warm stop */
+    int returned;                        /* warm stop: reserved jobs handed back */
+    unsigned long processed;
+    int exit_code;
+    unsigned long clock;                 /* Lamport clock (events, pidbox) */
+    double started_at;                   /* wall clock at start-up */
+    struct events events;
+    struct revoked revoked;
+    struct strlist queues;               /* queues consumed now (add/cancel_consumer) */
+    struct task_total *totals;           /* owned: tasks run per name */
+    size_t ntotals;
+    char pidbox_queue[300];              /* "<node>.celery.pidbox" */
+    double next_status;                  /* monotonic: next status-file write */
+};
+
+
+/* Tasks run per name, for `inspect stats`. */
+struct task_total {
+    char *name;          /* owned */
+    unsigned long count;
+};
+
+/* Handles one pidbox request envelope (control.c). */
+void control_handle(struct worker *w, const char *envelope, size_t len);
+
+/* Called by control.c. */
+void worker_begin_warm_stop(struct worker *w, const char *why);
+/* Revokes ids; with terminate, signals the processes running them. Fills
+ * terminated[] with the ids that were running (up to max). */
+size_t worker_revoke(struct worker *w, const char *const *ids, size_t n, int terminate,
+                     int signum, const char **terminated, size_t max);
+int worker_set_queues(struct worker *w, const char *add, const char *remove);
+int worker_pool_resize(struct worker *w, long delta);
+/* Lamport clock: on sending, and on receiving a clock value. */
+unsigned long worker_clock_forward(struct worker *w);
+void worker_clock_adjust(struct worker *w, unsigned long other);
+/* The request description used by inspect active/reserved/scheduled. */
+celeriac_value *worker_request_info(const struct worker *w, const struct job *j, int safe);
+
+#endif
