@@ -1,6 +1,8 @@
 /* task_context.c - owns the celeriac_task_* calls a task function makes (arguments, states, result, exception, log line); it does not run tasks, time them or talk to the backend (task_exec.c and backend_*.c do). */
 #include "task_context.h"
 
+#include "log.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,7 +15,6 @@ static const celeriac_value empty_args = {.type = CELERIAC_ARRAY};
 static const celeriac_value empty_kwargs = {.type = CELERIAC_OBJECT};
 
 /* The process name in log lines, as Celery prints it. */
-static char log_process[64] = "MainProcess";
 
 /* Python 3.11 builtin exception classes (dir(builtins) filtered on
  * BaseException subclasses, plus the IOError/EnvironmentError aliases).
@@ -104,10 +105,6 @@ const char *task_context_exc_module(const char *exc_type)
     return "celeriac.exceptions";
 }
 
-void task_context_set_log_process(const char *name)
-{
-    snprintf(log_process, sizeof log_process, "%s", name && *name ? name : "MainProcess");
-}
 
 void task_context_init(celeriac_task *t, const char *id, const char *name, int retries,
                        const celeriac_value *args, const celeriac_value *kwargs,
@@ -289,21 +286,14 @@ int celeriac_task_fail_module(celeriac_task *t, const char *exc_module, const ch
 }
 
 /* The one place task log lines leave the process; log.c may take it over. */
+/* Task log lines go through the worker's log (level, file, process name). */
 static void log_emit(int level, const char *task, const char *id, const char *text)
 {
-    static const char *const levels[] = {"DEBUG", "INFO", "WARNING", "ERROR"};
-    if (level < 0)
-        level = 0;
-    if (level > 3)
-        level = 3;
-    struct timespec ts;
-    struct tm tm;
-    char when[32] = "";
-    clock_gettime(CLOCK_REALTIME, &ts);
-    if (localtime_r(&ts.tv_sec, &tm))
-        strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", &tm);
-    fprintf(stderr, "[%s,%03ld: %s/%s] %s[%s]: %s\n", when, ts.tv_nsec / 1000000L,
-            levels[level], log_process, task, id, text);
+    if (level < LOG_DEBUG)
+        level = LOG_DEBUG;
+    if (level > LOG_ERROR)
+        level = LOG_ERROR;
+    log_msg((enum log_level)level, "%s[%s]: %s", task, id, text);
 }
 
 void celeriac_task_log(const celeriac_task *t, int level, const char *fmt, ...)

@@ -39,8 +39,5 @@ celeriac_value *task_context_take_result(celeriac_task *t);
 /* Module for a Python exception class name: "builtins" for Python's builtin
  * exception names, else "celeriac.exceptions". Static string. */
 const char *task_context_exc_module(const char *exc_type);
-/* Sets the process name shown in task log lines ("ForkPoolWorker-1", as
- * Celery prints it); the pool calls it in each child. Copied. */
-void task_context_set_log_process(const char *name);
 
 #endif

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "log.h"
 #include "task_context.h"
 
 /* A sink that keeps a copy of every state and meta. */
@@ -231,7 +232,7 @@ TEST(log_line_format)
     fflush(stderr);
     int saved = dup(2);
     dup2(fds[1], 2);
-    task_context_set_log_process("ForkPoolWorker-3");
+    log_set_process("ForkPoolWorker-3");
     task_context_init(&t, "0123-abcd", "process_document", 0, NULL, NULL, NULL);
     celeriac_task_log(&t, 1, "hello %d", 42);
     celeriac_task_log(&t, 9, "clamped");

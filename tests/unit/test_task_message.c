@@ -1,0 +1,534 @@
+/* test_task_message.c - unit tests for task_message.c: golden decodes of real Celery 5.2 captures (protocol/fixtures) and malformed envelopes. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "codec.h"
+#include "task_message.h"
+#include "test.h"
+#include "value.h"
+
+static int decode_fixture(const char *name, struct task_message *m, char *err, size_t errlen)
+{
+    size_t len;
+    char *text = test_fixture(name, &len);
+    int rc = task_message_decode(text, len, NULL, m, err, errlen);
+    free(text);
+    return rc;
+}
+
+static int decode_str(const char *text, struct task_message *m, char *err, size_t errlen)
+{
+    return task_message_decode(text, strlen(text), NULL, m, err, errlen);
+}
+
+static void check_json(const celeriac_value *v, const char *want)
+{
+    char *j = celeriac_value_to_json(v);
+    CHECK_STR(j, want);
+    free(j);
+}
+
+/* Compares args, kwargs and embed with the "body" of
+ * protocol/fixtures/decoded/<name> (Python's own decode of the capture). */
+static void check_against_decoded(const char *name, const struct task_message *m)
+{
+    char path[256];
+    snprintf(path, sizeof path, "decoded/%s", name);
+    size_t len;
+    char *text = test_fixture(path, &len);
+    celeriac_value *d = celeriac_value_from_json(text, len);
+    free(text);
+    CHECK(d != NULL);
+    const celeriac_value *body = celeriac_value_get(d, "body");
+    const celeriac_value *args, *kwargs, *embed = NULL;
+    if (celeriac_value_type(body) == CELERIAC_ARRAY) {
+        args = celeriac_value_at(body, 0);
+        kwargs = celeriac_value_at(body, 1);
+        embed = celeriac_value_at(body, 2);
+    } else {
+        args = celeriac_value_get(body, "args");
+        kwargs = celeriac_value_get(body, "kwargs");
+    }
+    char *want = celeriac_value_to_json(args), *got = celeriac_value_to_json(m->args);
+    CHECK_STR(got, want);
+    free(want);
+    free(got);
+    want = celeriac_value_to_json(kwargs);
+    got = celeriac_value_to_json(m->kwargs);
+    CHECK_STR(got, want);
+    free(want);
+    free(got);
+    if (embed && celeriac_value_type(celeriac_value_get(embed, "callbacks")) != CELERIAC_NULL) {
+        want = celeriac_value_to_json(celeriac_value_get(embed, "callbacks"));
+        got = celeriac_value_to_json(celeriac_value_get(m->embed, "callbacks"));
+        CHECK_STR(got, want);
+        free(want);
+        free(got);
+    }
+    static const char *const keys[] = {"callbacks", "errbacks", "chain", "chord"};
+    for (size_t i = 0; embed && i < 4; i++) {
+        want = celeriac_value_to_json(celeriac_value_get(embed, keys[i]));
+        got = celeriac_value_to_json(celeriac_value_get(m->embed, keys[i]));
+        CHECK_STR(got, want);
+        free(want);
+        free(got);
+    }
+    celeriac_value_free(d);
+}
+
+TEST(golden_v2_json_basic)
+{
+    struct task_message m;
+    char err[256];
+    CHECK_EQ_INT(decode_fixture("task-v2-json-basic.json", &m, err, sizeof err), 0);
+    CHECK_EQ_INT(m.protocol, 2);
+    CHECK_STR(m.id, "bf46231f-4266-403d-bef5-695e13f7aa57");
+    CHECK_STR(m.task, "process_document");
+    CHECK(m.shadow == NULL);
+    CHECK_STR(m.root_id, "bf46231f-4266-403d-bef5-695e13f7aa57");
+    CHECK(m.parent_id == NULL);
+    CHECK(m.group == NULL);
+    CHECK_EQ_INT(m.has_group_index, 0);
+    CHECK_EQ_INT(m.retries, 0);
+    CHECK(m.eta == 0 && m.expires == 0);
+    CHECK(m.time_limit == 60.0);
+    CHECK(m.soft_time_limit == 50.0);
+    CHECK_EQ_INT(m.ignore_result, 0);
+    CHECK_EQ_INT(m.redelivered, 0);
+    CHECK_STR(m.origin, "gen24138@vm");
+    CHECK_STR(m.argsrepr, "['doc-1']");
+    CHECK_STR(m.kwargsrepr, "{'pages': 3, 'lang': 'en'}");
+    CHECK_STR(m.content_type, "application/json");
+    CHECK_STR(m.content_encoding, "utf-8");
+    CHECK(m.compression == NULL);
+    CHECK_STR(m.correlation_id, "bf46231f-4266-403d-bef5-695e13f7aa57");
+    CHECK_STR(m.reply_to, "31a6952b-68fc-347f-9a7d-492f3ea0aefd");
+    CHECK_STR(m.delivery_tag, "6ed911d7-b930-4c01-9c56-2f341c0e3a6c");
+    CHECK_STR(m.exchange, "");
+    CHECK_STR(m.routing_key, "celery");
+    CHECK_EQ_INT(m.priority, 0);
+    check_json(m.args, "[\"doc-1\"]");
+    check_json(m.kwargs, "{\"pages\": 3, \"lang\": \"en\"}");
+    check_json(m.embed, "{\"callbacks\": null, \"errbacks\": null, \"chain\": null, \"chord\": null}");
+    CHECK_STR(value_get_str(m.headers, "x-trace-id"), "abc123");
+    CHECK_STR(value_get_str(m.headers, "lang"), "py");
+    CHECK_STR(task_message_display_name(&m), "process_document");
+    check_against_decoded("task-v2-json-basic.json", &m);
+    task_message_clear(&m);
+    CHECK(m.id == NULL && m.args == NULL);
+    task_message_clear(&m);
+}
+
+TEST(golden_v2_msgpack)
+{
+    struct task_message m;
+    char err[256];
+    CHECK_EQ_INT(decode_fixture("task-v2-msgpack.json", &m, err, sizeof err), 0);
+    CHECK_STR(m.id, "d1db7f6d-22a5-43d5-b497-50e48bfc6823");
+    CHECK_STR(m.content_type, "application/x-msgpack");
+    CHECK_STR(m.content_encoding, "binary");
+    CHECK(m.time_limit == 0 && m.soft_time_limit == 0);
+    check_json(m.args, "[\"doc-2\"]");
+    check_json(m.kwargs, "{\"pages\": 1}");
+    check_against_decoded("task-v2-msgpack.json", &m);
+    task_message_clear(&m);
+}
+
+TEST(golden_v2_zlib)
+{
+    struct task_message m;
+    char err[256];
+    CHECK_EQ_INT(decode_fixture("task-v2-zlib.json", &m, err, sizeof err), 0);
+    CHECK_STR(m.id, "97af1005-f5ea-47a9-a4af-befc0a60b996");
+    CHECK_STR(m.compression, "application/x-gzip");
+    check_json(m.args, "[\"doc-11\"]");
+    check_json(m.kwargs, "{}");
+    check_against_decoded("task-v2-zlib.json", &m);
+    task_message_clear(&m);
+}
+
+TEST(golden_v2_countdown_expires)
+{
+    struct task_message m;
+    char err[256];
+    CHECK_EQ_INT(decode_fixture("task-v2-countdown-expires.json", &m, err, sizeof err), 0);
+    CHECK_STR(m.id, "77ebfde2-bf9d-4610-bd12-bf1ac4d1c503");
+    /* 2026-11-23T17:01:16.590496+00:00 and 17:02:46.590496+00:00 */
+    CHECK(fabs(m.eta - 1795453276.590496) < 1e-6);
+    CHECK(fabs(m.expires - 1795453366.590496) < 1e-6);
+    check_against_decoded("task-v2-countdown-expires.json", &m);
+    task_message_clear(&m);
+}
+
+TEST(golden_v2_priority9)
+{
+    struct task_message m;
+    char err[256];
+    CHECK_EQ_INT(decode_fixture("task-v2-priority9.json", &m, err, sizeof err), 0);
+    CHECK_STR(m.id, "761a381d-4fc6-4452-b2b6-60c6bbee7383");
+    CHECK_EQ_INT(m.priority, 9);
+    check_json(m.args, "[\"doc-4b\"]");
+    task_message_clear(&m);
+}
+
+TEST(golden_v1_json_countdown)
+{
+    struct task_message m;
+    char err[256];
+    CHECK_EQ_INT(decode_fixture("task-v1-json-countdown.json", &m, err, sizeof err), 0);
+    CHECK_EQ_INT(m.protocol, 1);
+    CHECK_STR(m.id, "6f31ef36-9e75-49a1-b0c0-19632f140d6a");
+    CHECK_STR(m.task, "process_document");
+    CHECK(fabs(m.eta - 1795453257.107637) < 1e-6); /* 2026-11-23T17:00:57.107637+00:00 */
+    CHECK(m.expires == 0);
+    CHECK(m.group == NULL);
+    CHECK(m.root_id == NULL && m.argsrepr == NULL);
+    CHECK_STR(m.delivery_tag, "77c33c4a-7f71-4d8d-bf35-daf84bca973c");
+    CHECK_STR(m.reply_to, "afa131ff-7752-3c8c-854a-daeb0ada89ab");
+    check_json(m.args, "[\"doc-12\"]");
+    check_json(m.kwargs, "{\"pages\": 2}");
+    check_json(m.embed, "{\"callbacks\": null, \"errbacks\": null, \"chord\": null, \"chain\": null}");
+    CHECK_EQ_INT(celeriac_value_len(m.headers), 0);
+    check_against_decoded("task-v1-json-countdown.json", &m);
+    task_message_clear(&m);
+}
+
+TEST(golden_v2_chain_first)
+{
+    struct task_message m;
+    char err[256];
+    CHECK_EQ_INT(decode_fixture("task-v2-chain-first.json", &m, err, sizeof err), 0);
+    const celeriac_value *chain = celeriac_value_get(m.embed, "chain");
+    CHECK_EQ_INT(celeriac_value_type(chain), CELERIAC_ARRAY);
+    CHECK_EQ_INT(celeriac_value_len(chain), 2);
+    CHECK_STR(value_get_str(celeriac_value_at(chain, 0), "task"), "add");
+    CHECK_STR(value_get_str(celeriac_value_at(chain, 1), "task"), "log_result");
+    const celeriac_value *opts = celeriac_value_get(celeriac_value_at(chain, 0), "options");
+    CHECK_STR(value_get_str(opts, "task_id"), "1a0450ac-2687-46fa-b4c8-a6bc1acbd74a");
+    CHECK_EQ_INT(celeriac_value_bool(celeriac_value_get(celeriac_value_at(chain, 0), "immutable")), 1);
+    check_against_decoded("task-v2-chain-first.json", &m);
+    task_message_clear(&m);
+}
+
+TEST(golden_v2_link_link_error)
+{
+    struct task_message m;
+    char err[256];
+    CHECK_EQ_INT(decode_fixture("task-v2-link-link_error.json", &m, err, sizeof err), 0);
+    const celeriac_value *cb = celeriac_value_get(m.embed, "callbacks");
+    const celeriac_value *eb = celeriac_value_get(m.embed, "errbacks");
+    CHECK_EQ_INT(celeriac_value_len(cb), 1);
+    CHECK_EQ_INT(celeriac_value_len(eb), 1);
+    CHECK_STR(value_get_str(celeriac_value_at(cb, 0), "task"), "log_result");
+    CHECK_STR(value_get_str(celeriac_value_at(eb, 0), "task"), "on_error");
+    CHECK_EQ_INT(celeriac_value_type(celeriac_value_get(m.embed, "chain")), CELERIAC_NULL);
+    check_against_decoded("task-v2-link-link_error.json", &m);
+    task_message_clear(&m);
+}
+
+TEST(golden_v2_restored_redelivered)
+{
+    struct task_message m;
+    char err[256];
+    CHECK_EQ_INT(decode_fixture("task-v2-restored-after-visibility-timeout.json", &m, err, sizeof err), 0);
+    CHECK_STR(m.task, "late_sleepy");
+    CHECK_EQ_INT(m.redelivered, 1);
+    check_json(m.args, "[4]");
+    task_message_clear(&m);
+}
+
+TEST(golden_v2_pickle_refused_with_id)
+{
+    struct task_message m;
+    char err[256];
+    CHECK_EQ_INT(decode_fixture("task-v2-pickle.json", &m, err, sizeof err), CELERIAC_ECONTENT);
+    CHECK(strstr(err, "application/x-python-serialize") != NULL);
+    CHECK(strstr(err, "pickle") != NULL);
+    CHECK_STR(m.id, "59c23221-ffc2-4ce6-81c1-71ff0aae2a24");
+    CHECK_STR(m.task, "process_document");
+    CHECK_STR(m.delivery_tag, "b3069794-da36-4e19-9669-94cebeb92cf6");
+    CHECK_STR(m.reply_to, "31a6952b-68fc-347f-9a7d-492f3ea0aefd");
+    CHECK(m.args == NULL);
+    task_message_clear(&m);
+}
+
+TEST(golden_v2_yaml_refused_with_id)
+{
+    struct task_message m;
+    char err[256];
+    CHECK_EQ_INT(decode_fixture("task-v2-yaml.json", &m, err, sizeof err), CELERIAC_ECONTENT);
+    CHECK(strstr(err, "yaml") != NULL);
+    CHECK_STR(m.id, "de56c87c-d4e9-47da-afee-dc8d1b146d6f");
+    CHECK_STR(m.delivery_tag, "d2f7d77b-4e86-4392-b470-c5b078534315");
+    task_message_clear(&m);
+}
+
+TEST(golden_v2_unknown_task)
+{
+    struct task_message m;
+    char err[256];
+    CHECK_EQ_INT(decode_fixture("task-v2-unknown-task.json", &m, err, sizeof err), 0);
+    CHECK_STR(m.task, "no_such_task");
+    CHECK_STR(m.id, "d7ef32f9-bcf3-4033-825a-b6816f87eb26");
+    check_json(m.args, "[1]");
+    task_message_clear(&m);
+}
+
+TEST(golden_every_task_fixture)
+{
+    /* Every task capture decodes and agrees with Python's decode, except the
+     * refused serializers. */
+    size_t len;
+    char *text = test_fixture("index.json", &len);
+    celeriac_value *index = celeriac_value_from_json(text, len);
+    free(text);
+    CHECK(index != NULL);
+    int seen = 0;
+    for (size_t i = 0; i < celeriac_value_len(index); i++) {
+        const char *file = value_get_str(celeriac_value_at(index, i), "file");
+        if (!file || strncmp(file, "task-", 5) != 0)
+            continue;
+        struct task_message m;
+        char err[256] = "";
+        int rc = decode_fixture(file, &m, err, sizeof err);
+        int refused = strstr(file, "pickle") || strstr(file, "yaml");
+        if (rc != (refused ? CELERIAC_ECONTENT : 0))
+            fprintf(stderr, "  %s: %d %s\n", file, rc, err);
+        CHECK_EQ_INT(rc, refused ? CELERIAC_ECONTENT : 0);
+        CHECK(m.id != NULL && m.task != NULL && m.delivery_tag != NULL);
+        if (rc == 0)
+            check_against_decoded(file, &m);
+        task_message_clear(&m);
+        seen++;
+    }
+    CHECK(seen >= 20);
+    celeriac_value_free(index);
+}
+
+/* A protocol 2 envelope around an arbitrary body text (base64-encoded here). */
+static char *envelope(const char *body, const char *extra_headers, const char *content_type)
+{
+    char *b64 = codec_base64_encode(body, strlen(body), NULL);
+    size_t n = strlen(b64) + 1024 + strlen(extra_headers);
+    char *e = malloc(n);
+    snprintf(e, n,
+             "{\"body\": \"%s\", \"content-encoding\": \"utf-8\", \"content-type\": \"%s\", "
+             "\"headers\": {\"task\": \"t\", \"id\": \"id-1\"%s}, \"properties\": "
+             "{\"correlation_id\": \"id-1\", \"reply_to\": \"r\", \"delivery_info\": "
+             "{\"exchange\": \"\", \"routing_key\": \"celery\"}, \"priority\": 0, "
+             "\"body_encoding\": \"base64\", \"delivery_tag\": \"tag-1\"}}",
+             b64, content_type, extra_headers);
+    free(b64);
+    return e;
+}
+
+static int decode_env(const char *body, const char *extra, const char *ct, struct task_message *m,
+                      char *err, size_t errlen)
+{
+    char *e = envelope(body, extra, ct);
+    int rc = decode_str(e, m, err, errlen);
+    free(e);
+    return rc;
+}
+
+TEST(malformed_envelopes)
+{
+    const char *bad[] = {
+        "not json",
+        "{\"body\": \"W1tdLCB7fSwge31d\", \"headers\": {\"task\": \"t\"",
+        "[1, 2]",
+        "{}",
+        "{\"headers\": [], \"body\": \"\"}",
+        "{\"headers\": {\"task\": 123}, \"body\": \"\"}",
+        "{\"headers\": {}, \"properties\": 5}",
+        "{\"headers\": {\"task\": \"t\", \"id\": \"x\"}, \"content-type\": \"application/json\"}",
+        "",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        struct task_message m;
+        char err[256] = "";
+        int rc = decode_str(bad[i], &m, err, sizeof err);
+        CHECK(rc < 0);
+        CHECK(err[0] != '\0');
+        task_message_clear(&m);
+    }
+    struct task_message m;
+    char err[256];
+    CHECK_EQ_INT(decode_str("{\"headers\": {\"task\": 123, \"id\": \"abc\"}}", &m, err, sizeof err),
+                 CELERIAC_EPARSE);
+    CHECK(strstr(err, "headers.task") != NULL);
+    CHECK_STR(m.id, "abc");
+    task_message_clear(&m);
+    CHECK_EQ_INT(task_message_decode("x", 1, NULL, NULL, err, sizeof err), CELERIAC_EINVAL);
+    /* Headers not an object: the id still comes from correlation_id. */
+    CHECK_EQ_INT(decode_str("{\"headers\": \"h\", \"properties\": {\"correlation_id\": \"cid\", "
+                            "\"delivery_tag\": \"dt\"}}",
+                            &m, err, sizeof err),
+                 CELERIAC_EPARSE);
+    CHECK(strstr(err, "headers is not an object") != NULL);
+    CHECK_STR(m.id, "cid");
+    CHECK_STR(m.delivery_tag, "dt");
+    task_message_clear(&m);
+    /* A well-formed message without any id is refused. */
+    CHECK_EQ_INT(decode_str("{\"body\": \"[[], {}, {}]\", \"content-type\": \"application/json\", "
+                            "\"headers\": {\"task\": \"t\"}}",
+                            &m, err, sizeof err),
+                 CELERIAC_EPARSE);
+    CHECK(strstr(err, "no task id") != NULL);
+    task_message_clear(&m);
+}
+
+TEST(malformed_bodies_keep_id)
+{
+    struct task_message m;
+    char err[256];
+    /* Body not valid base64. */
+    const char *e = "{\"body\": \"!!!!\", \"content-type\": \"application/json\", \"headers\": "
+                    "{\"task\": \"t\", \"id\": \"id-9\"}, \"properties\": {\"body_encoding\": "
+                    "\"base64\", \"delivery_tag\": \"tag-9\"}}";
+    CHECK_EQ_INT(decode_str(e, &m, err, sizeof err), CELERIAC_EPARSE);
+    CHECK(strstr(err, "base64") != NULL);
+    CHECK_STR(m.id, "id-9");
+    CHECK_STR(m.delivery_tag, "tag-9");
+    task_message_clear(&m);
+    /* Body not an array / not JSON / wrong element types. */
+    CHECK_EQ_INT(decode_env("{\"a\": 1}", "", "application/json", &m, err, sizeof err), 0);
+    task_message_clear(&m); /* a dict body under v2 headers is the hybrid form */
+    CHECK_EQ_INT(decode_env("\"str\"", "", "application/json", &m, err, sizeof err), CELERIAC_EPARSE);
+    CHECK_STR(m.id, "id-1");
+    task_message_clear(&m);
+    CHECK_EQ_INT(decode_env("[1, 2", "", "application/json", &m, err, sizeof err), CELERIAC_EPARSE);
+    CHECK_STR(m.id, "id-1");
+    CHECK_STR(m.task, "t");
+    task_message_clear(&m);
+    CHECK_EQ_INT(decode_env("[{}, {}, {}]", "", "application/json", &m, err, sizeof err), CELERIAC_EPARSE);
+    CHECK(strstr(err, "args") != NULL);
+    task_message_clear(&m);
+    CHECK_EQ_INT(decode_env("[[], [], {}]", "", "application/json", &m, err, sizeof err), CELERIAC_EPARSE);
+    task_message_clear(&m);
+    CHECK_EQ_INT(decode_env("[[], {}, {}, 4]", "", "application/json", &m, err, sizeof err), CELERIAC_EPARSE);
+    task_message_clear(&m);
+    /* Unknown content type and compression. */
+    CHECK_EQ_INT(decode_env("[[], {}, {}]", "", "text/plain", &m, err, sizeof err), CELERIAC_ECONTENT);
+    CHECK(strstr(err, "text/plain") != NULL);
+    CHECK_STR(m.id, "id-1");
+    task_message_clear(&m);
+    CHECK_EQ_INT(decode_env("[[], {}, {}]", ", \"compression\": \"application/x-lzma\"",
+                            "application/json", &m, err, sizeof err),
+                 CELERIAC_EUNSUPPORTED);
+    CHECK_STR(m.id, "id-1");
+    task_message_clear(&m);
+    CHECK_EQ_INT(decode_env("[[], {}, {}]", ", \"compression\": \"application/x-gzip\"",
+                            "application/json", &m, err, sizeof err),
+                 CELERIAC_EPARSE);
+    task_message_clear(&m);
+    /* Headers of the wrong type and bad times. */
+    CHECK_EQ_INT(decode_env("[[], {}, {}]", ", \"eta\": \"tomorrow\"", "application/json", &m, err, sizeof err),
+                 CELERIAC_EPARSE);
+    CHECK(strstr(err, "eta") != NULL);
+    CHECK_STR(m.id, "id-1");
+    task_message_clear(&m);
+    CHECK_EQ_INT(decode_env("[[], {}, {}]", ", \"retries\": \"1\"", "application/json", &m, err, sizeof err),
+                 CELERIAC_EPARSE);
+    task_message_clear(&m);
+    CHECK_EQ_INT(decode_env("[[], {}, {}]", ", \"timelimit\": [\"a\", 1]", "application/json", &m, err, sizeof err),
+                 CELERIAC_EPARSE);
+    task_message_clear(&m);
+}
+
+TEST(partial_bodies_and_defaults)
+{
+    struct task_message m;
+    char err[256];
+    CHECK_EQ_INT(decode_env("[[1, 2]]", ", \"shadow\": \"nice\", \"group_index\": 3, "
+                            "\"timelimit\": [null, 5.5], \"ignore_result\": true, \"retries\": 2",
+                            "application/json", &m, err, sizeof err),
+                 0);
+    check_json(m.args, "[1, 2]");
+    check_json(m.kwargs, "{}");
+    check_json(m.embed, "{\"callbacks\": null, \"errbacks\": null, \"chain\": null, \"chord\": null}");
+    CHECK_STR(task_message_display_name(&m), "nice");
+    CHECK_EQ_INT(m.has_group_index, 1);
+    CHECK_EQ_INT(m.group_index, 3);
+    CHECK(m.time_limit == 0 && m.soft_time_limit == 5.5);
+    CHECK_EQ_INT(m.ignore_result, 1);
+    CHECK_EQ_INT(m.retries, 2);
+    task_message_clear(&m);
+    CHECK_EQ_INT(decode_env("[[], null, null]", "", "application/json; charset=utf-8", &m, err, sizeof err), 0);
+    check_json(m.kwargs, "{}");
+    task_message_clear(&m);
+    CHECK_EQ_INT(decode_env("[]", "", "application/json", &m, err, sizeof err), 0);
+    check_json(m.args, "[]");
+    task_message_clear(&m);
+}
+
+TEST(hybrid_headers_win)
+{
+    struct task_message m;
+    char err[256];
+    CHECK_EQ_INT(decode_env("{\"task\": \"other\", \"id\": \"body-id\", \"args\": [1], \"kwargs\": "
+                            "{\"k\": 2}, \"retries\": 4, \"eta\": \"2026-11-23T17:00:57+00:00\", "
+                            "\"callbacks\": [{\"task\": \"cb\"}]}",
+                            ", \"retries\": 1", "application/json", &m, err, sizeof err),
+                 0);
+    CHECK_EQ_INT(m.protocol, 2);
+    CHECK_STR(m.task, "t");
+    CHECK_STR(m.id, "id-1");
+    CHECK_EQ_INT(m.retries, 1);
+    CHECK(m.eta > 0);
+    check_json(m.args, "[1]");
+    check_json(m.kwargs, "{\"k\": 2}");
+    CHECK_EQ_INT(celeriac_value_len(celeriac_value_get(m.embed, "callbacks")), 1);
+    task_message_clear(&m);
+}
+
+TEST(unencoded_body_and_kombu_types)
+{
+    struct task_message m;
+    char err[256];
+    const char *e = "{\"body\": \"[[{\\\"__type__\\\": \\\"uuid\\\", \\\"__value__\\\": {\\\"hex\\\": "
+                    "\\\"bf46231f4266403dbef5695e13f7aa57\\\"}}], {\\\"when\\\": {\\\"__type__\\\": "
+                    "\\\"datetime\\\", \\\"__value__\\\": \\\"2026-11-23T16:41:48\\\"}}, null]\", "
+                    "\"content-type\": \"application/json\", \"headers\": {\"task\": \"t\"}, "
+                    "\"properties\": {\"correlation_id\": \"cid\", \"priority\": 300}}";
+    CHECK_EQ_INT(decode_str(e, &m, err, sizeof err), 0);
+    CHECK_STR(m.id, "cid");
+    CHECK_EQ_INT(m.priority, 255);
+    check_json(m.args, "[\"bf46231f-4266-403d-bef5-695e13f7aa57\"]");
+    check_json(m.kwargs, "{\"when\": \"2026-11-23T16:41:48\"}");
+    task_message_clear(&m);
+}
+
+TEST(caps)
+{
+    struct task_message m;
+    char err[256];
+    /* A 10 MB string with a 1 MB message cap. */
+    size_t big = 10u << 20;
+    char *s = malloc(big + 64);
+    memcpy(s, "{\"body\": \"", 10);
+    memset(s + 10, 'A', big);
+    memcpy(s + 10 + big, "\"}", 3);
+    struct task_message_limits lim = {1 << 20, 1 << 20, 64, 1000};
+    CHECK_EQ_INT(task_message_decode(s, strlen(s), &lim, &m, err, sizeof err), CELERIAC_ETOOBIG);
+    task_message_clear(&m);
+    free(s);
+    /* Body over its cap after base64, and after decompression. */
+    struct task_message_limits small = {1 << 20, 8, 64, 1000};
+    CHECK_EQ_INT(decode_env("[[\"0123456789\"], {}, {}]", "", "application/json", &m, err, sizeof err), 0);
+    task_message_clear(&m);
+    char *env = envelope("[[\"0123456789\"], {}, {}]", "", "application/json");
+    CHECK_EQ_INT(task_message_decode(env, strlen(env), &small, &m, err, sizeof err), CELERIAC_ETOOBIG);
+    CHECK_STR(m.id, "id-1");
+    task_message_clear(&m);
+    free(env);
+    /* Deep body. */
+    char deep[300];
+    memset(deep, '[', 200);
+    memset(deep + 200, ']', 99);
+    deep[299] = 0;
+    CHECK_EQ_INT(decode_env(deep, "", "application/json", &m, err, sizeof err), CELERIAC_EDEPTH);
+    CHECK_STR(m.id, "id-1");
+    task_message_clear(&m);
+}
