@@ -164,6 +164,25 @@ int celeriac_task_fail(celeriac_task *t, const char *exc_type, const char *fmt, 
 /* As celeriac_task_fail with an explicit module for the exception class. */
 int celeriac_task_fail_module(celeriac_task *t, const char *exc_module, const char *exc_type,
                               const char *fmt, ...) CELERIAC_PRINTF(4, 5);
+/* Time limits. When the soft time limit passes, the worker signals the task's
+ * process and this returns nonzero; the task should clean up and end. */
+int celeriac_task_soft_time_limit_exceeded(const celeriac_task *t);
+/* Celery's behaviour in one call: once the soft limit has passed, fails the
+ * task with SoftTimeLimitExceeded and returns CELERIAC_ETASK; else 0. Use it as
+ * `if ((rc = celeriac_task_check_time_limit(t)) < 0) return rc;`. A task that
+ * never checks keeps running until the hard limit kills its process. */
+int celeriac_task_check_time_limit(celeriac_task *t);
+/* Retries the task later, as Celery's self.retry(exc=exc_type(message),
+ * countdown=countdown, max_retries=max_retries): the worker publishes the same
+ * message again (same task id, retries + 1, eta = now + countdown; countdown
+ * < 0 means Celery's default of 180 seconds) and stores RETRY with the
+ * exception. Once the task has been retried max_retries times (max_retries < 0
+ * means Celery's default of 3) it fails with that exception instead. exc_type
+ * follows celeriac_task_fail's rules (NULL = "RuntimeError"); message may be
+ * NULL. Returns CELERIAC_ETASK so a task can write `return celeriac_task_retry(...)`;
+ * a later celeriac_task_fail() replaces the retry with a failure. */
+int celeriac_task_retry(celeriac_task *t, const char *exc_type, const char *message,
+                        double countdown, int max_retries);
 /* Logs a line in the worker's log, prefixed with the task name and id.
  * level: 0 debug, 1 info, 2 warning, 3 error. */
 void celeriac_task_log(const celeriac_task *t, int level, const char *fmt, ...) CELERIAC_PRINTF(3, 4);

@@ -55,7 +55,8 @@ char *backend_encode_meta(const struct result_meta *m, size_t *len)
     ok = ok && celeriac_value_set(doc, "traceback", m->traceback
                                                         ? celeriac_value_new_string(m->traceback)
                                                         : celeriac_value_new_null()) == 0;
-    ok = ok && celeriac_value_set(doc, "children", celeriac_value_new_array()) == 0;
+    ok = ok && celeriac_value_set(doc, "children", m->children ? celeriac_value_copy(m->children)
+                                                                : celeriac_value_new_array()) == 0;
     if (m->ready) {
         util_iso8601_format(util_now(), date, sizeof date);
         ok = ok && celeriac_value_set(doc, "date_done", celeriac_value_new_string(date)) == 0;
@@ -114,15 +115,58 @@ int backend_store_failure(struct backend *b, const char *task_id, const char *ex
     celeriac_value *exc = backend_exception(exc_module, exc_type, message);
     if (!exc)
         return CELERIAC_ENOMEM;
-    struct buf tb = {0};
-    buf_printf(&tb, "Traceback (most recent call last):\n  File \"celeriac\", in worker\n%s%s%s: %s\n",
-               strcmp(exc_module, "builtins") ? exc_module : "",
-               strcmp(exc_module, "builtins") ? "." : "", exc_type, message ? message : "");
+    char *tb = backend_traceback(exc_module, exc_type, message);
     struct result_meta m = {.task_id = task_id, .status = "FAILURE", .result = exc,
-                            .traceback = tb.p, .parent_id = parent_id, .group_id = group_id,
+                            .traceback = tb, .parent_id = parent_id, .group_id = group_id,
                             .ready = 1};
     int rc = backend_store_meta(b, &m);
     celeriac_value_free(exc);
-    buf_free(&tb);
+    free(tb);
     return rc;
+}
+
+char *backend_traceback(const char *exc_module, const char *exc_type, const char *message)
+{
+    struct buf tb = {0};
+    int builtin = !exc_module || strcmp(exc_module, "builtins") == 0;
+    buf_printf(&tb, "Traceback (most recent call last):\n  File \"celeriac\", in worker\n%s%s%s: %s\n",
+               builtin ? "" : exc_module, builtin ? "" : ".", exc_type, message ? message : "");
+    return tb.p;
+}
+
+int backend_chord_part_return(struct backend *b, const char *group_id, const char *task_id,
+                              const celeriac_value *group_index, const char *state,
+                              const celeriac_value *result, celeriac_value **parts)
+{
+    *parts = NULL;
+    if (!b->ops->chord_part_return)
+        return CELERIAC_EUNSUPPORTED;
+    celeriac_value *part = celeriac_value_new_array();
+    if (!part)
+        return CELERIAC_ENOMEM;
+    celeriac_value_append(part, celeriac_value_new_int(1));
+    celeriac_value_append(part, celeriac_value_new_string(task_id));
+    celeriac_value_append(part, celeriac_value_new_string(state));
+    celeriac_value_append(part, result ? celeriac_value_copy(result) : celeriac_value_new_null());
+    char *json = celeriac_value_len(part) == 4 ? celeriac_value_to_json(part) : NULL;
+    celeriac_value_free(part);
+    if (!json)
+        return CELERIAC_ENOMEM;
+    char score[32] = "+inf";
+    if (celeriac_value_type(group_index) == CELERIAC_INT)
+        snprintf(score, sizeof score, "%lld", (long long)celeriac_value_int(group_index));
+    int rc = b->ops->chord_part_return(b, group_id, json, strlen(json), score, parts);
+    free(json);
+    return rc;
+}
+
+int backend_chord_clear(struct backend *b, const char *group_id)
+{
+    return b->ops->chord_clear ? b->ops->chord_clear(b, group_id) : CELERIAC_EUNSUPPORTED;
+}
+
+int backend_chord_set_size(struct backend *b, const char *group_id, long size)
+{
+    return b->ops->chord_set_size ? b->ops->chord_set_size(b, group_id, size)
+                                  : CELERIAC_EUNSUPPORTED;
 }

@@ -15,6 +15,8 @@ struct result_meta {
     const char *group_id;          /* written only when set */
     const char *parent_id;         /* written only when set */
     int ready;                     /* SUCCESS/FAILURE/REVOKED: date_done is set */
+    const celeriac_value *children;/* borrowed ARRAY of result tuples of the tasks this
+                                    * one sent ([[id, null], null] each); NULL = [] */
 };
 
 struct backend;
@@ -26,6 +28,19 @@ struct backend_ops {
     int (*store)(struct backend *b, const char *task_id, const char *json, size_t len);
     /* Reads the stored status into buf ("" when there is none). */
     int (*get_status)(struct backend *b, const char *task_id, char *buf, size_t len);
+    /* ---- chord join (Celery's on_chord_part_return); NULL = not supported ---- */
+    /* Adds one header part (part_json = [1, id, state, result]) to the join of
+     * group_id with score group_index ("+inf" when it has none) and reads the
+     * counts. Returns 1 when this part completed the chord, with the parts in
+     * index order in *parts (ARRAY of decoded [1, id, state, result]; caller
+     * frees with celeriac_value_free()); 0 when not complete (or no chord size
+     * is stored); negative on error. */
+    int (*chord_part_return)(struct backend *b, const char *group_id, const char *part_json,
+                             size_t len, const char *score, celeriac_value **parts);
+    /* Deletes the join state of group_id (.j, .t, .s). */
+    int (*chord_clear)(struct backend *b, const char *group_id);
+    /* Stores the chord size of group_id, as a producer applying a chord does. */
+    int (*chord_set_size)(struct backend *b, const char *group_id, long size);
     void (*free)(struct backend *b);
 };
 
@@ -52,6 +67,17 @@ int backend_store_meta(struct backend *b, const struct result_meta *m);
  * Caller frees with celeriac_value_free(). */
 celeriac_value *backend_exception(const char *exc_module, const char *exc_type,
                                   const char *message);
+/* The traceback text stored with an exception celeriac raised on behalf of a
+ * task. Caller frees with free(); NULL when out of memory. */
+char *backend_traceback(const char *exc_module, const char *exc_type, const char *message);
+/* Records one chord header part's outcome (result borrowed; group_index NULL
+ * or an INT). 1 with *parts when the chord is complete (see chord_part_return),
+ * 0 when not, CELERIAC_EUNSUPPORTED when the backend has no native join. */
+int backend_chord_part_return(struct backend *b, const char *group_id, const char *task_id,
+                              const celeriac_value *group_index, const char *state,
+                              const celeriac_value *result, celeriac_value **parts);
+int backend_chord_clear(struct backend *b, const char *group_id);
+int backend_chord_set_size(struct backend *b, const char *group_id, long size);
 /* Stores FAILURE with an exception document for task_id (a traceback line is
  * generated). */
 int backend_store_failure(struct backend *b, const char *task_id, const char *exc_module,

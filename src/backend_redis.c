@@ -130,6 +130,179 @@ static int redis_get_status(struct backend *b, const char *task_id, char *buf, s
     return 0;
 }
 
+/* ---- chord join ------------------------------------------------------------ */
+
+#define GROUP_KEY_PREFIX "celery-taskset-meta-"
+
+/* Runs n queued commands on a fresh-enough link; on a broken link reconnects
+ * and runs them once more. replies[] as redis_conn_pipeline_read. */
+static int run_cmds(struct backend_redis *r, int n, const char *const *argv[],
+                    const size_t *lens[], const int *argc, redisReply **replies)
+{
+    int rc = CELERIAC_ECONN;
+    for (int attempt = 0; attempt < 2 && rc == CELERIAC_ECONN; attempt++) {
+        if ((rc = ensure_connected(r)) < 0)
+            continue;
+        for (int i = 0; i < n; i++)
+            if (redisAppendCommandArgv(r->conn.ctx, argc[i], (const char **)argv[i], lens[i]) !=
+                REDIS_OK) {
+                redis_conn_fail(&r->conn, "chord");
+                rc = CELERIAC_ECONN;
+                break;
+            }
+        if (r->conn.ctx)
+            rc = redis_conn_pipeline_read(&r->conn, replies, n);
+    }
+    if (rc < 0) {
+        r->base.err = rc;
+        snprintf(r->base.errstr, sizeof r->base.errstr, "chord join: %s", r->conn.errstr);
+    }
+    return rc;
+}
+
+static void free_replies(redisReply **rep, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (rep[i])
+            freeReplyObject(rep[i]);
+}
+
+static long reply_long(const redisReply *r)
+{
+    if (!r)
+        return 0;
+    if (r->type == REDIS_REPLY_INTEGER)
+        return (long)r->integer;
+    if (r->type == REDIS_REPLY_STRING)
+        return strtol(r->str, NULL, 10);
+    return 0;
+}
+
+static int redis_chord_part_return(struct backend *b, const char *group_id, const char *part_json,
+                                   size_t len, const char *score, celeriac_value **parts)
+{
+    struct backend_redis *r = (struct backend_redis *)b;
+    char jkey[300], tkey[300], skey[300], ttl[32];
+    *parts = NULL;
+    snprintf(jkey, sizeof jkey, GROUP_KEY_PREFIX "%s.j", group_id);
+    snprintf(tkey, sizeof tkey, GROUP_KEY_PREFIX "%s.t", group_id);
+    snprintf(skey, sizeof skey, GROUP_KEY_PREFIX "%s.s", group_id);
+    snprintf(ttl, sizeof ttl, "%ld", b->expires);
+    /* MULTI; ZADD; ZCOUNT; GET .t; GET .s; [EXPIRE x3]; EXEC - as redis-py's pipeline. */
+    const char *multi[] = {"MULTI"}, *exec[] = {"EXEC"};
+    const char *zadd[] = {"ZADD", jkey, score, part_json};
+    const char *zcount[] = {"ZCOUNT", jkey, "-inf", "+inf"};
+    const char *gett[] = {"GET", tkey}, *gets[] = {"GET", skey};
+    const char *exj[] = {"EXPIRE", jkey, ttl}, *ext[] = {"EXPIRE", tkey, ttl};
+    const char *exs[] = {"EXPIRE", skey, ttl};
+    size_t l_multi[] = {5}, l_exec[] = {4};
+    size_t l_zadd[] = {4, strlen(jkey), strlen(score), len};
+    size_t l_zcount[] = {6, strlen(jkey), 4, 4};
+    size_t l_gett[] = {3, strlen(tkey)}, l_gets[] = {3, strlen(skey)};
+    size_t l_exj[] = {6, strlen(jkey), strlen(ttl)}, l_ext[] = {6, strlen(tkey), strlen(ttl)};
+    size_t l_exs[] = {6, strlen(skey), strlen(ttl)};
+    const char *const *argv[9] = {multi, zadd, zcount, gett, gets};
+    const size_t *lens[9] = {l_multi, l_zadd, l_zcount, l_gett, l_gets};
+    int argc[9] = {1, 4, 4, 2, 2};
+    int n = 5;
+    if (b->expires > 0) {
+        argv[n] = exj, lens[n] = l_exj, argc[n++] = 3;
+        argv[n] = ext, lens[n] = l_ext, argc[n++] = 3;
+        argv[n] = exs, lens[n] = l_exs, argc[n++] = 3;
+    }
+    argv[n] = exec, lens[n] = l_exec, argc[n++] = 1;
+    redisReply *rep[9] = {0};
+    int rc = run_cmds(r, n, argv, lens, argc, rep);
+    if (rc < 0)
+        return rc;
+    redisReply *x = rep[n - 1];
+    if (!x || x->type != REDIS_REPLY_ARRAY || x->elements < 4) {
+        snprintf(b->errstr, sizeof b->errstr, "chord join of %s: unexpected EXEC reply", group_id);
+        free_replies(rep, n);
+        return b->err = CELERIAC_EPROTO;
+    }
+    long ready = reply_long(x->element[1]);
+    long extra = reply_long(x->element[2]);
+    int have_size = x->element[3]->type == REDIS_REPLY_STRING;
+    long size = reply_long(x->element[3]);
+    free_replies(rep, n);
+    if (!have_size || ready != size + extra)
+        return 0;
+
+    const char *zr[] = {"ZRANGE", jkey, "0", "-1"};
+    size_t l_zr[] = {6, strlen(jkey), 1, 2};
+    const char *const *argv2[1] = {zr};
+    const size_t *lens2[1] = {l_zr};
+    int argc2[1] = {4};
+    redisReply *z = NULL;
+    if ((rc = run_cmds(r, 1, argv2, lens2, argc2, &z)) < 0)
+        return rc;
+    celeriac_value *out = celeriac_value_new_array();
+    rc = out ? 1 : CELERIAC_ENOMEM;
+    for (size_t i = 0; rc == 1 && z->type == REDIS_REPLY_ARRAY && i < z->elements; i++) {
+        celeriac_value *part = celeriac_value_from_json(z->element[i]->str, z->element[i]->len);
+        if (!part) {
+            snprintf(b->errstr, sizeof b->errstr, "chord join of %s: undecodable part", group_id);
+            rc = b->err = CELERIAC_EPARSE;
+        } else if (celeriac_value_append(out, part) < 0) {
+            rc = CELERIAC_ENOMEM;
+        }
+    }
+    freeReplyObject(z);
+    if (rc < 0) {
+        celeriac_value_free(out);
+        return rc;
+    }
+    *parts = out;
+    return 1;
+}
+
+static int redis_chord_clear(struct backend *b, const char *group_id)
+{
+    struct backend_redis *r = (struct backend_redis *)b;
+    char jkey[300], tkey[300], skey[300];
+    snprintf(jkey, sizeof jkey, GROUP_KEY_PREFIX "%s.j", group_id);
+    snprintf(tkey, sizeof tkey, GROUP_KEY_PREFIX "%s.t", group_id);
+    snprintf(skey, sizeof skey, GROUP_KEY_PREFIX "%s.s", group_id);
+    const char *multi[] = {"MULTI"}, *exec[] = {"EXEC"};
+    const char *dj[] = {"DEL", jkey}, *dt[] = {"DEL", tkey}, *ds[] = {"DEL", skey};
+    size_t l_multi[] = {5}, l_exec[] = {4};
+    size_t l_dj[] = {3, strlen(jkey)}, l_dt[] = {3, strlen(tkey)}, l_ds[] = {3, strlen(skey)};
+    const char *const *argv[5] = {multi, dj, dt, ds, exec};
+    const size_t *lens[5] = {l_multi, l_dj, l_dt, l_ds, l_exec};
+    int argc[5] = {1, 2, 2, 2, 1};
+    redisReply *rep[5] = {0};
+    int rc = run_cmds(r, 5, argv, lens, argc, rep);
+    if (rc == 0)
+        free_replies(rep, 5);
+    return rc;
+}
+
+static int redis_chord_set_size(struct backend *b, const char *group_id, long size)
+{
+    struct backend_redis *r = (struct backend_redis *)b;
+    char skey[300], val[32], ttl[32];
+    snprintf(skey, sizeof skey, GROUP_KEY_PREFIX "%s.s", group_id);
+    snprintf(val, sizeof val, "%ld", size);
+    snprintf(ttl, sizeof ttl, "%ld", b->expires);
+    /* As the producer's backend.set(): SETEX (or SET) + PUBLISH in one MULTI. */
+    const char *multi[] = {"MULTI"}, *exec[] = {"EXEC"};
+    const char *setex[] = {"SETEX", skey, ttl, val}, *set[] = {"SET", skey, val};
+    const char *pub[] = {"PUBLISH", skey, val};
+    size_t l_multi[] = {5}, l_exec[] = {4};
+    size_t l_setex[] = {5, strlen(skey), strlen(ttl), strlen(val)};
+    size_t l_set[] = {3, strlen(skey), strlen(val)};
+    size_t l_pub[] = {7, strlen(skey), strlen(val)};
+    const char *const *argv[4] = {multi, b->expires > 0 ? setex : set, pub, exec};
+    const size_t *lens[4] = {l_multi, b->expires > 0 ? l_setex : l_set, l_pub, l_exec};
+    int argc[4] = {1, b->expires > 0 ? 4 : 3, 3, 1};
+    redisReply *rep[4] = {0};
+    int rc = run_cmds(r, 4, argv, lens, argc, rep);
+    if (rc == 0)
+        free_replies(rep, 4);
+    return rc;
+}
+
 static void redis_free(struct backend *b)
 {
     struct backend_redis *r = (struct backend_redis *)b;
@@ -141,6 +314,9 @@ static const struct backend_ops redis_ops = {
     .scheme = "redis",
     .store = redis_store,
     .get_status = redis_get_status,
+    .chord_part_return = redis_chord_part_return,
+    .chord_clear = redis_chord_clear,
+    .chord_set_size = redis_chord_set_size,
     .free = redis_free,
 };
 

@@ -27,6 +27,9 @@ struct broker_ops {
     const char *name;
     /* Connects (or reconnects) all links and declares the consumed queues. */
     int (*connect)(struct broker *b);
+    /* Opens only what publish() needs (pool processes sending canvas and
+     * retry messages): no consuming link, no bindings declared. */
+    int (*connect_publisher)(struct broker *b);
     /* Drops all links without touching the server's state. */
     void (*disconnect)(struct broker *b);
     /* Consume from these queues (replaces the list). Borrowed for the call. */

@@ -113,6 +113,15 @@ static int redis_connect(struct broker *b)
     return declare_bindings(r);
 }
 
+static int redis_connect_publisher(struct broker *b)
+{
+    struct broker_redis *r = (struct broker_redis *)b;
+    int rc = redis_conn_open(&r->cmd);
+    if (rc < 0)
+        set_err(r, rc, r->cmd.errstr);
+    return rc;
+}
+
 static void free_queues(struct broker_redis *r)
 {
     for (size_t i = 0; i < r->nqueues; i++)
@@ -395,8 +404,12 @@ static char *mark_redelivered(const char *env, size_t len, int *priority)
         goto out;
     celeriac_value *h = (celeriac_value *)celeriac_value_get(v, "headers");
     celeriac_value *p = (celeriac_value *)celeriac_value_get(v, "properties");
-    if (celeriac_value_type(h) == CELERIAC_OBJECT)
+    if (celeriac_value_type(h) == CELERIAC_OBJECT) {
         celeriac_value_set(h, "redelivered", celeriac_value_new_bool(1));
+        /* Counted so a worker can stop a poison message (max_redeliveries). */
+        int64_t n = celeriac_value_int(celeriac_value_get(h, "x-celeriac-redeliveries"));
+        celeriac_value_set(h, "x-celeriac-redeliveries", celeriac_value_new_int(n + 1));
+    }
     if (celeriac_value_type(p) == CELERIAC_OBJECT) {
         *priority = (int)celeriac_value_int(celeriac_value_get(p, "priority"));
         celeriac_value *di = (celeriac_value *)celeriac_value_get(p, "delivery_info");
@@ -848,6 +861,7 @@ static void redis_free(struct broker *b)
 static const struct broker_ops redis_ops = {
     .name = "redis",
     .connect = redis_connect,
+    .connect_publisher = redis_connect_publisher,
     .disconnect = redis_disconnect,
     .set_queues = redis_set_queues,
     .fetch_start = redis_fetch_start,

@@ -85,6 +85,27 @@ static const struct option_def options[] = {
     {"broker_connection_max_backoff", "broker-connection-max-backoff", 0, OPT_DOUBLE,
      F(broker_connection_max_backoff), "10", 0.1, 3600, NULL,
      "Longest wait between broker reconnect attempts, seconds"},
+    {"task_time_limit", "time-limit", 0, OPT_DOUBLE, F(time_limit), "0", 0, 1e7, NULL,
+     "Hard time limit per task, seconds: the process is killed (0 = none)"},
+    {"task_soft_time_limit", "soft-time-limit", 0, OPT_DOUBLE, F(soft_time_limit), "0", 0, 1e7,
+     NULL, "Soft time limit per task, seconds: the task is told (0 = none)"},
+    {"task_rate_limit", "rate-limit", 0, OPT_LIST, F(rate_limits), NULL, 0, 0, NULL,
+     "NAME=RATE, e.g. examples.add=10/s (also /m, /h), per worker (repeatable)"},
+    {"task_acks_on_failure_or_timeout", "task-acks-on-failure-or-timeout", 0, OPT_BOOL,
+     F(task_acks_on_failure_or_timeout), "true", 0, 0, NULL,
+     "With acks_late, acknowledge failed and timed-out tasks (else reject/requeue)"},
+    {"max_redeliveries", "max-redeliveries", 0, OPT_LONG, F(max_redeliveries), "10", 0, 1e6, NULL,
+     "Fail a message redelivered more often than this after lost workers (0 = no cap)"},
+    {"worker_soft_shutdown_timeout", "soft-shutdown-timeout", 0, OPT_DOUBLE,
+     F(soft_shutdown_timeout), "0", 0, 86400, NULL,
+     "Cold shutdown first lets running tasks finish for this many seconds"},
+    {"worker_max_tasks_per_child", "max-tasks-per-child", 0, OPT_LONG, F(max_tasks_per_child),
+     "0", 0, 1e9, NULL, "Replace a pool process after this many tasks (0 = never)"},
+    {"worker_max_memory_per_child", "max-memory-per-child", 0, OPT_LONG,
+     F(max_memory_per_child), "0", 0, 1e12, NULL,
+     "Replace a pool process whose resident memory exceeds this many KiB (0 = never)"},
+    {"worker_autoscale", "autoscale", 0, OPT_STR, F(autoscale), NULL, 0, 0, NULL,
+     "MAX,MIN: grow the pool up to MAX processes under load, shrink to MIN when idle"},
     {"heartbeat_interval", "heartbeat-interval", 0, OPT_DOUBLE, F(heartbeat_interval), "2.0",
      0.1, 3600, NULL, "Seconds between worker-heartbeat events"},
     {"without_heartbeat", "without-heartbeat", 0, OPT_BOOL, F(without_heartbeat), "false", 0, 0,
@@ -461,6 +482,26 @@ enum config_result config_load(struct config *c, int argc, char **argv)
             return CONFIG_EXIT_USAGE;
         }
     }
+    for (size_t i = 0; i < c->rate_limits.len; i++) {
+        const char *eq = strchr(c->rate_limits.items[i], '=');
+        if (!eq || eq == c->rate_limits.items[i] || config_parse_rate(eq + 1) < 0) {
+            fprintf(stderr, "celeriac: rate limit '%s' is not NAME=N/s|N/m|N/h\n",
+                    c->rate_limits.items[i]);
+            return CONFIG_EXIT_USAGE;
+        }
+    }
+    if (c->autoscale && *c->autoscale) {
+        char extra;
+        if (sscanf(c->autoscale, "%ld,%ld%c", &c->autoscale_max, &c->autoscale_min, &extra) != 2 ||
+            c->autoscale_max < 1 || c->autoscale_min < 0 || c->autoscale_min > c->autoscale_max ||
+            c->autoscale_max > 1024) {
+            fprintf(stderr, "celeriac: --autoscale expects MAX,MIN (e.g. 10,3), got '%s'\n",
+                    c->autoscale);
+            return CONFIG_EXIT_USAGE;
+        }
+        if (c->autoscale_min < 1)
+            c->autoscale_min = 1;
+    }
     if (!c->status_file && c->pidfile) {
         size_t n = strlen(c->pidfile) + 8;
         c->status_file = malloc(n);
@@ -474,6 +515,37 @@ enum config_result config_load(struct config *c, int argc, char **argv)
     free(c->hostname);
     c->hostname = host;
     return CONFIG_RUN;
+}
+
+double config_parse_rate(const char *text)
+{
+    /* Celery's rate strings: "10/s", "100/m", "1000/h", a bare number (per
+     * second), or empty / "0" for no limit. */
+    if (!text)
+        return -1;
+    while (isspace((unsigned char)*text))
+        text++;
+    if (!*text)
+        return 0;
+    char *end;
+    errno = 0;
+    double n = strtod(text, &end);
+    if (errno || end == text || n < 0 || n != n)
+        return -1;
+    if (!*end)
+        return n;
+    if (*end != '/' || !end[1] || end[2])
+        return -1;
+    switch (end[1]) {
+    case 's':
+        return n;
+    case 'm':
+        return n / 60;
+    case 'h':
+        return n / 3600;
+    default:
+        return -1;
+    }
 }
 
 char *config_expand_hostname(const char *pattern)

@@ -40,6 +40,16 @@ struct config {
     double result_backend_retry_timeout; /* how long a result store retries */
     double broker_connection_max_backoff; /* reconnect backoff cap, seconds */
     struct builtin_config builtin;/* process_document settings */
+    double time_limit;            /* hard limit per task, seconds; 0 = none */
+    double soft_time_limit;       /* soft limit per task, seconds; 0 = none */
+    struct strlist rate_limits;   /* "task.name=10/s" (task_annotations rate_limit) */
+    int task_acks_on_failure_or_timeout; /* acks_late: ack failures and timeouts */
+    long max_redeliveries;        /* deliveries of one message before it is failed */
+    double soft_shutdown_timeout; /* cold shutdown waits this long for running tasks */
+    long max_tasks_per_child;     /* replace a pool process after N tasks; 0 = never */
+    long max_memory_per_child;    /* replace a pool process above N KiB resident; 0 = never */
+    char *autoscale;              /* "MAX,MIN" or NULL */
+    long autoscale_max, autoscale_min; /* parsed from autoscale; 0 = off */
     double heartbeat_interval;    /* worker-heartbeat period, seconds */
     int without_heartbeat;        /* send no worker-heartbeat */
     char *statedb;                /* revoked ids persisted here (-S) */
@@ -60,6 +70,9 @@ void config_print_help(const char *prog);
 /* Expands %h (hostname), %n (name part), %d (domain), %% in a node name and
  * adds the "celeriac@" prefix when there is no '@'. Caller frees with free(). */
 char *config_expand_hostname(const char *pattern);
+/* Parses a Celery rate limit ("10/s", "100/m", "1000/h", "5"): tasks per
+ * second, 0 for none, negative when malformed. */
+double config_parse_rate(const char *text);
 /* Iterates settings as (name, value text) for diagnostics: i from 0 until NULL. */
 const char *config_setting_at(const struct config *c, size_t i, char *value, size_t vlen);
 

@@ -130,11 +130,15 @@ static celeriac_value *cmd_stats(struct worker *w, const celeriac_value *a, int 
     celeriac_value_set(pool, "max-concurrency",
                        celeriac_value_new_int((int64_t)pool_size(&w->pool)));
     celeriac_value_set(pool, "processes", procs);
-    celeriac_value_set(pool, "max-tasks-per-child", celeriac_value_new_string("N/A"));
+    if (w->cfg->max_tasks_per_child > 0)
+        celeriac_value_set(pool, "max-tasks-per-child",
+                           celeriac_value_new_int(w->cfg->max_tasks_per_child));
+    else
+        celeriac_value_set(pool, "max-tasks-per-child", celeriac_value_new_string("N/A"));
     celeriac_value_set(pool, "put-guarded-by-semaphore", celeriac_value_new_bool(0));
     celeriac_value *timeouts = celeriac_value_new_array();
-    celeriac_value_append(timeouts, celeriac_value_new_int(0));
-    celeriac_value_append(timeouts, celeriac_value_new_int(0));
+    celeriac_value_append(timeouts, celeriac_value_new_double(w->cfg->soft_time_limit));
+    celeriac_value_append(timeouts, celeriac_value_new_double(w->cfg->time_limit));
     celeriac_value_set(pool, "timeouts", timeouts);
     celeriac_value *writes = celeriac_value_new_object();
     char raw[32];
@@ -483,7 +487,30 @@ static celeriac_value *cmd_rate_limit(struct worker *w, const celeriac_value *a,
     const char *task = value_get_str(a, "task_name");
     if (!task || !task_registry_find(w->registry, task))
         return nok("unknown task");
-    return nok("rate limits are not supported by this celeriac version");
+    const celeriac_value *rv = celeriac_value_get(a, "rate_limit");
+    double rate;
+    char text[64] = "";
+    if (celeriac_value_type(rv) == CELERIAC_INT || celeriac_value_type(rv) == CELERIAC_DOUBLE)
+        rate = celeriac_value_double(rv);
+    else
+        rate = config_parse_rate(celeriac_value_string(rv, NULL) ? celeriac_value_string(rv, NULL)
+                                                                   : "");
+    if (rate < 0) {
+        snprintf(text, sizeof text, "Invalid rate limit string: %s",
+                 celeriac_value_string(rv, NULL) ? celeriac_value_string(rv, NULL) : "?");
+        return nok(text);
+    }
+    struct task_policy *p = worker_policy(w, task);
+    if (!p)
+        return nok("out of memory");
+    p->rate = rate;
+    p->tokens = 1;
+    if (rate <= 0) {
+        log_info("Rate limits disabled for tasks of type %s", task);
+        return ok("rate limit disabled successfully");
+    }
+    log_info("New rate limit for tasks of type %s: %g/s.", task, rate);
+    return ok("new rate limit set successfully");
 }
 
 static celeriac_value *cmd_time_limit(struct worker *w, const celeriac_value *a, int *nr)
@@ -491,7 +518,15 @@ static celeriac_value *cmd_time_limit(struct worker *w, const celeriac_value *a,
     const char *task = value_get_str(a, "task_name");
     if (!task || !task_registry_find(w->registry, task))
         return nok("unknown task");
-    return nok("time limits are not supported by this celeriac version");
+    struct task_policy *p = worker_policy(w, task);
+    if (!p)
+        return nok("out of memory");
+    const celeriac_value *hard = celeriac_value_get(a, "hard");
+    const celeriac_value *soft = celeriac_value_get(a, "soft");
+    p->hard = celeriac_value_type(hard) == CELERIAC_NULL ? 0 : celeriac_value_double(hard);
+    p->soft = celeriac_value_type(soft) == CELERIAC_NULL ? 0 : celeriac_value_double(soft);
+    log_info("New time limits for tasks of type %s: soft=%g hard=%g", task, p->soft, p->hard);
+    return ok("time limits set successfully");
 }
 
 static celeriac_value *cmd_add_consumer(struct worker *w, const celeriac_value *a, int *nr)
@@ -554,7 +589,18 @@ static celeriac_value *cmd_pool_restart(struct worker *w, const celeriac_value *
 
 static celeriac_value *cmd_autoscale(struct worker *w, const celeriac_value *a, int *nr)
 {
-    return nok("ValueError('Autoscale not enabled')");
+    if (w->autoscale_max <= 0)
+        return nok("ValueError('Autoscale not enabled')");
+    long max = (long)celeriac_value_int(celeriac_value_get(a, "max"));
+    long min = (long)celeriac_value_int(celeriac_value_get(a, "min"));
+    if (max < 1 || min < 1 || min > max || max > 1024)
+        return nok("autoscale expects 1 <= min <= max <= 1024");
+    w->autoscale_max = max;
+    w->autoscale_min = min;
+    w->prefetch_limit = (size_t)(max * w->cfg->prefetch_multiplier);
+    char text[96];
+    snprintf(text, sizeof text, "autoscale now max=%ld min=%ld", max, min);
+    return ok(text);
 }
 
 static celeriac_value *cmd_shutdown(struct worker *w, const celeriac_value *a, int *nr)

@@ -29,11 +29,12 @@ int envelope_encode(const celeriac_value *body, const celeriac_value *headers,
     util_uuid4(tag);
     celeriac_value_set(di, "exchange", celeriac_value_new_string(exchange));
     celeriac_value_set(di, "routing_key", celeriac_value_new_string(routing_key));
+    /* kombu's order: ..., delivery_mode, delivery_info, priority, body_encoding. */
+    celeriac_value *priority = value_take(props, "priority");
     celeriac_value_set(props, "delivery_mode", celeriac_value_new_int(delivery_mode));
     celeriac_value_set(props, "delivery_info", di);
     di = NULL;
-    if (!celeriac_value_get(props, "priority"))
-        celeriac_value_set(props, "priority", celeriac_value_new_int(0));
+    celeriac_value_set(props, "priority", priority ? priority : celeriac_value_new_int(0));
     celeriac_value_set(props, "body_encoding", celeriac_value_new_string("base64"));
     celeriac_value_set(props, "delivery_tag", celeriac_value_new_string(tag));
     if (celeriac_value_set(e, "body", celeriac_value_new_string(b64)) < 0 ||

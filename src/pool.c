@@ -106,6 +106,7 @@ static int spawn(struct pool *p, struct pool_child *c)
     c->job = NULL;
     c->tasks_run = 0;
     c->retiring = 0;
+    c->replace = 0;
     return 0;
 }
 

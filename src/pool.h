@@ -17,7 +17,7 @@ enum pool_frame {
 };
 
 /* Outcome of one task, as the child reports it. */
-enum pool_status { POOL_SUCCESS = 0, POOL_FAILURE = 1, POOL_IGNORED = 2 };
+enum pool_status { POOL_SUCCESS = 0, POOL_FAILURE = 1, POOL_IGNORED = 2, POOL_RETRY = 3 };
 
 struct pool_outcome {
     int status;        /* enum pool_status */
@@ -38,7 +38,8 @@ struct pool_child {
     void *job;         /* borrowed: the worker's job while busy */
     struct buf in;     /* owned: bytes received, not yet a whole frame */
     unsigned tasks_run;/* jobs completed by this process */
-    int retiring;      /* pool shrinking: exits after its current job, not replaced */
+    int retiring;      /* exits after its current job */
+    int replace;       /* with retiring: a fresh process takes the slot (recycling) */
 };
 
 struct pool {

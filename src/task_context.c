@@ -106,6 +106,31 @@ const char *task_context_exc_module(const char *exc_type)
 }
 
 
+#include <signal.h>
+
+/* Set from the SIGUSR1 handler; one task runs per process at a time. */
+static volatile sig_atomic_t soft_limit_hit;
+
+void task_context_soft_limit_signal(int sig)
+{
+    (void)sig;
+    soft_limit_hit = 1;
+}
+
+int celeriac_task_soft_time_limit_exceeded(const celeriac_task *t)
+{
+    (void)t;
+    return soft_limit_hit != 0;
+}
+
+int celeriac_task_check_time_limit(celeriac_task *t)
+{
+    if (!soft_limit_hit)
+        return 0;
+    return celeriac_task_fail_module(t, "billiard.exceptions", "SoftTimeLimitExceeded",
+                                     "soft time limit exceeded");
+}
+
 void task_context_init(celeriac_task *t, const char *id, const char *name, int retries,
                        const celeriac_value *args, const celeriac_value *kwargs,
                        const struct task_sink *sink)
@@ -117,6 +142,7 @@ void task_context_init(celeriac_task *t, const char *id, const char *name, int r
     t->args = celeriac_value_type(args) == CELERIAC_ARRAY ? args : &empty_args;
     t->kwargs = celeriac_value_type(kwargs) == CELERIAC_OBJECT ? kwargs : &empty_kwargs;
     t->sink = sink;
+    soft_limit_hit = 0;
 }
 
 void task_context_clear(celeriac_task *t)
@@ -263,6 +289,7 @@ static int vfail(celeriac_task *t, const char *exc_module, const char *exc_type,
     free(t->exc_message);
     t->exc_message = vformat(fmt, ap); /* NULL on OOM: sent as an empty message */
     t->failed = 1;
+    t->retry = 0;
     return CELERIAC_ETASK;
 }
 
@@ -283,6 +310,18 @@ int celeriac_task_fail_module(celeriac_task *t, const char *exc_module, const ch
     int rc = vfail(t, exc_module, exc_type, fmt, ap);
     va_end(ap);
     return rc;
+}
+
+int celeriac_task_retry(celeriac_task *t, const char *exc_type, const char *message,
+                        double countdown, int max_retries)
+{
+    if (!t)
+        return CELERIAC_ETASK;
+    celeriac_task_fail(t, exc_type, "%s", message ? message : "");
+    t->retry = 1;
+    t->retry_countdown = countdown != countdown ? -1 : countdown; /* NaN = default */
+    t->retry_max = max_retries;
+    return CELERIAC_ETASK;
 }
 
 /* The one place task log lines leave the process; log.c may take it over. */

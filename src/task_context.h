@@ -25,6 +25,9 @@ struct celeriac_task {
     char exc_type[128];
     char exc_module[128];
     char *exc_message;             /* owned */
+    int retry;                     /* set by celeriac_task_retry (failed is set too) */
+    double retry_countdown;        /* seconds; < 0 = Celery's default_retry_delay */
+    int retry_max;                 /* max_retries; < 0 = Celery's default (3) */
 };
 
 /* Initialises t for one call. args/kwargs may be NULL (empty ones are used).
@@ -39,5 +42,9 @@ celeriac_value *task_context_take_result(celeriac_task *t);
 /* Module for a Python exception class name: "builtins" for Python's builtin
  * exception names, else "celeriac.exceptions". Static string. */
 const char *task_context_exc_module(const char *exc_type);
+
+/* SIGUSR1 handler for pool processes: marks the running task's soft time
+ * limit as exceeded. Async-signal-safe. */
+void task_context_soft_limit_signal(int sig);
 
 #endif

@@ -2,6 +2,7 @@
  * produced; acks, events and scheduling belong to the parent (worker.c). */
 #include "task_exec.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -117,6 +118,10 @@ void task_exec_child_main(int fd, int index, void *ud)
 {
     struct task_exec *x = ud;
     (void)index;
+    struct sigaction sa = {0};
+    sa.sa_handler = task_context_soft_limit_signal; /* soft time limit */
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGUSR1, &sa, NULL);
     if (x->backend_url && *x->backend_url) {
         char err[256];
         x->backend = backend_new(x->backend_url, x->result_expires, x->backend_retry_timeout, err,

@@ -288,6 +288,24 @@ static void on_message(struct worker *w, struct broker_delivery *d)
         job_free(j);
         return;
     }
+    /* A message whose workers keep dying (a poison message) is redelivered
+     * again and again: stop after max_redeliveries with a clear FAILURE. */
+    int64_t deliveries = celeriac_value_int(celeriac_value_get(j->msg.headers,
+                                                               "x-celeriac-redeliveries"));
+    if (w->cfg->max_redeliveries > 0 && deliveries > w->cfg->max_redeliveries) {
+        char msg[256];
+        snprintf(msg, sizeof msg,
+                 "message redelivered %lld times after lost workers (max_redeliveries=%ld); "
+                 "giving up",
+                 (long long)deliveries, w->cfg->max_redeliveries);
+        log_error("Task %s[%s]: %s", name, j->msg.id, msg);
+        store_failure(w, &j->msg, "celeriac.exceptions", "RedeliveryLimitExceeded", msg);
+        char *exc = task_exec_exc_repr("RedeliveryLimitExceeded", msg);
+        event_failed(w, &j->msg, exc, NULL);
+        free(exc);
+        job_free(j);
+        return;
+    }
     if (j->msg.expires > 0 && j->msg.expires < util_now()) {
         log_info("Discarding revoked task: %s[%s] (expired)", name, j->msg.id);
         store_revoked(w, &j->msg, "expired");
@@ -349,11 +367,85 @@ static void on_message(struct worker *w, struct broker_delivery *d)
 
 /* ---- dispatch and completion ----------------------------------------------- */
 
+struct task_policy *worker_policy(struct worker *w, const char *name)
+{
+    for (size_t i = 0; i < w->npolicies; i++)
+        if (strcmp(w->policies[i].name, name) == 0)
+            return &w->policies[i];
+    struct task_policy *p = realloc(w->policies, (w->npolicies + 1) * sizeof *p);
+    if (!p)
+        return NULL;
+    w->policies = p;
+    p = &p[w->npolicies];
+    memset(p, 0, sizeof *p);
+    if (!(p->name = strdup(name)))
+        return NULL;
+    p->hard = p->soft = -1;
+    p->tokens = 1;
+    p->refilled = util_monotonic();
+    w->npolicies++;
+    return p;
+}
+
+static struct task_policy *find_policy(struct worker *w, const char *name)
+{
+    for (size_t i = 0; i < w->npolicies; i++)
+        if (strcmp(w->policies[i].name, name) == 0)
+            return &w->policies[i];
+    return NULL;
+}
+
+/* Token bucket of capacity 1: takes a token if one is there; otherwise sets
+ * *wait to the seconds until the next one. */
+static int rate_take(struct task_policy *p, double mono, double *wait)
+{
+    if (!p || p->rate <= 0)
+        return 1;
+    p->tokens = fmin(1.0, p->tokens + (mono - p->refilled) * p->rate);
+    p->refilled = mono;
+    if (p->tokens >= 1.0) {
+        p->tokens -= 1.0;
+        return 1;
+    }
+    *wait = (1.0 - p->tokens) / p->rate;
+    return 0;
+}
+
+/* Effective limits: message header, else the time_limit command's override,
+ * else the worker settings (Celery's precedence). */
+static void job_limits(struct worker *w, struct job *j)
+{
+    struct task_policy *p = find_policy(w, j->msg.task);
+    j->hard_limit = j->msg.time_limit > 0 ? j->msg.time_limit
+                    : p && p->hard >= 0   ? p->hard
+                                          : w->cfg->time_limit;
+    j->soft_limit = j->msg.soft_time_limit > 0 ? j->msg.soft_time_limit
+                    : p && p->soft >= 0        ? p->soft
+                                               : w->cfg->soft_time_limit;
+}
+
 static void dispatch(struct worker *w)
 {
     struct pool_child *c;
-    while (w->ready_head && (c = pool_idle(&w->pool))) {
-        struct job *j = ready_pop(w);
+    struct job **pp = &w->ready_head, *prev = NULL;
+    double mono = util_monotonic();
+    w->next_wake = 0;
+    while (*pp && (c = pool_idle(&w->pool))) {
+        /* Rate-limited tasks wait in place; the others go past them. */
+        double wait = 0;
+        if (!rate_take(find_policy(w, (*pp)->msg.task), mono, &wait)) {
+            if (w->next_wake == 0 || mono + wait < w->next_wake)
+                w->next_wake = mono + wait;
+            prev = *pp;
+            pp = &(*pp)->next;
+            continue;
+        }
+        struct job *j = *pp;
+        *pp = j->next;
+        if (w->ready_tail == j)
+            w->ready_tail = prev;
+        j->next = NULL;
+        w->nready--;
         if (j->msg.expires > 0 && j->msg.expires < util_now()) {
             log_info("Discarding revoked task: %s[%s] (expired)",
                      task_message_display_name(&j->msg), j->msg.id);
@@ -372,6 +464,7 @@ static void dispatch(struct worker *w)
             job_free(j);
             continue;
         }
+        job_limits(w, j);
         if (pool_send(c, j->flags, j->envelope, j->len, j) < 0) {
             /* The child is gone; keep the job for the next one. */
             log_warning("pool process %d did not take a job; replacing it", (int)c->pid);
@@ -387,6 +480,44 @@ static void dispatch(struct worker *w)
         if (!j->acks_late)
             job_ack(w, j); /* Celery's default: acknowledged when the pool accepts it */
     }
+}
+
+/* Resident memory of a process in KiB, from /proc; 0 when unknown. */
+static long rss_kib(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/statm", (int)pid);
+    FILE *f = fopen(path, "r");
+    long pages = 0, rss = 0;
+    if (!f)
+        return 0;
+    if (fscanf(f, "%ld %ld", &pages, &rss) != 2)
+        rss = 0;
+    fclose(f);
+    return rss * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+/* worker_max_tasks_per_child / worker_max_memory_per_child: a process that
+ * reached a limit leaves after its job and a fresh one takes its place. */
+static void recycle_child(struct worker *w, struct pool_child *c)
+{
+    const char *why = NULL;
+    long rss = 0;
+    if (w->cfg->max_tasks_per_child > 0 && c->tasks_run >= (unsigned)w->cfg->max_tasks_per_child)
+        why = "max-tasks-per-child";
+    else if (w->cfg->max_memory_per_child > 0 &&
+             (rss = rss_kib(c->pid)) > w->cfg->max_memory_per_child)
+        why = "max-memory-per-child";
+    if (!why || c->retiring || w->state >= W_WARM_STOP)
+        return;
+    log_info("Replacing ForkPoolWorker-%d (pid %d): %s reached (%u tasks, %ld KiB)", c->index,
+             (int)c->pid, why, c->tasks_run, rss);
+    /* It exits on EOF; child_lost() starts the replacement in the same slot
+     * (growing the array here would move the child the caller holds). */
+    c->retiring = 1;
+    c->replace = 1;
+    if (c->fd >= 0)
+        shutdown(c->fd, SHUT_WR);
 }
 
 static void job_done(struct worker *w, struct pool_child *c, const struct pool_outcome *o)
@@ -411,6 +542,21 @@ static void job_done(struct worker *w, struct pool_child *c, const struct pool_o
             celeriac_value_set(f, "runtime", celeriac_value_new_double(o->runtime));
             events_task(&w->events, "task-succeeded", f);
         }
+    } else if (o->status == POOL_RETRY) {
+        /* The child republished the message and stored RETRY. */
+        log_info("Task %s[%s] retry: %s", name, j->msg.id, o->detail ? o->detail : "");
+        celeriac_value *f = fields_uuid(&j->msg);
+        if (f) {
+            struct buf tb = {0};
+            buf_printf(&tb, "Traceback (most recent call last):\n  File \"celeriac\", in %s\n"
+                            "celery.exceptions.Retry: %s\n",
+                       name, o->detail ? o->detail : "");
+            celeriac_value_set(f, "exception", celeriac_value_new_string(o->detail ? o->detail
+                                                                                   : "Retry()"));
+            celeriac_value_set(f, "traceback", celeriac_value_new_string(tb.p ? tb.p : ""));
+            buf_free(&tb);
+            events_task(&w->events, "task-retried", f);
+        }
     } else {
         log_error("Task %s[%s] raised unexpected: %s", name, j->msg.id,
                   o->detail ? o->detail : "?");
@@ -420,9 +566,23 @@ static void job_done(struct worker *w, struct pool_child *c, const struct pool_o
         event_failed(w, &j->msg, o->detail, tb.p);
         buf_free(&tb);
     }
-    if (j->acks_late)
-        job_ack(w, j); /* task_acks_on_failure_or_timeout: failures are acked too */
+    if (j->acks_late) {
+        /* task_acks_on_failure_or_timeout=False: a failure is rejected (on
+         * Redis reject without requeue discards, exactly like an ack). */
+        if (o->status == POOL_FAILURE && !w->cfg->task_acks_on_failure_or_timeout &&
+            !j->acked && j->reserved) {
+            j->acked = 1;
+            if (w->unacked)
+                w->unacked--;
+            if (w->state == W_RECONNECTING ||
+                w->broker->ops->reject(w->broker, j->msg.delivery_tag, 0) < 0)
+                tag_push(&w->pending_acks, j->msg.delivery_tag);
+        } else {
+            job_ack(w, j);
+        }
+    }
     job_free(j);
+    recycle_child(w, c);
 }
 
 static void describe_status(int status, char *buf, size_t len)
@@ -451,6 +611,43 @@ static void child_lost(struct worker *w, struct pool_child *c, int status)
         if (j->terminated) {
             /* Revoked with terminate: REVOKED was stored when it was signalled. */
             job_ack(w, j);
+        } else if (j->timed_out) {
+            char limit[32];
+            snprintf(limit, sizeof limit, "%g", j->hard_limit);
+            log_error("Task %s[%s] raised unexpected: TimeLimitExceeded(%s,)", name, j->msg.id,
+                      limit);
+            if (w->backend && j->msg.id) {
+                celeriac_value *args = celeriac_value_new_array();
+                celeriac_value_append(args, celeriac_value_new_double(j->hard_limit));
+                celeriac_value *exc = backend_exception("billiard.exceptions",
+                                                        "TimeLimitExceeded", limit);
+                celeriac_value_set(exc, "exc_message", args);
+                struct buf tb = {0};
+                buf_printf(&tb, "Traceback (most recent call last):\n  File \"celeriac\", in pool\n"
+                                "billiard.exceptions.TimeLimitExceeded: %s\n", limit);
+                struct result_meta rm = {.task_id = j->msg.id, .status = "FAILURE", .result = exc,
+                                         .traceback = tb.p, .group_id = j->msg.group,
+                                         .parent_id = j->msg.parent_id, .ready = 1};
+                backend_store_meta(w->backend, &rm);
+                buf_free(&tb);
+                celeriac_value_free(exc);
+            }
+            struct buf e = {0};
+            buf_printf(&e, "TimeLimitExceeded(%s,)", limit);
+            event_failed(w, &j->msg, e.p, NULL);
+            buf_free(&e);
+            if (j->acks_late && !w->cfg->task_acks_on_failure_or_timeout && !j->acked) {
+                /* Celery requeues a hard timeout in this mode. */
+                j->acked = 1;
+                if (w->unacked)
+                    w->unacked--;
+                if (w->state == W_RECONNECTING ||
+                    w->broker->ops->reject(w->broker, j->msg.delivery_tag, 1) < 0)
+                    log_warning("requeue of %s failed; it returns after visibility_timeout",
+                                j->msg.id);
+            } else {
+                job_ack(w, j);
+            }
         } else if (j->acks_late && w->cfg->task_reject_on_worker_lost && !j->acked) {
             log_warning("Task %s[%s] requeued (task_reject_on_worker_lost)", name, j->msg.id);
             j->acked = 1;
@@ -488,9 +685,9 @@ static void child_lost(struct worker *w, struct pool_child *c, int status)
                   how);
     }
     size_t slot = (size_t)(c - w->pool.children);
-    int retiring = c->retiring;
+    int keep = !c->retiring || c->replace;
     pool_forget(c);
-    if (!retiring && w->state < W_WARM_STOP && pool_respawn(&w->pool, slot) < 0)
+    if (keep && w->state < W_WARM_STOP && pool_respawn(&w->pool, slot) < 0)
         log_error("cannot replace pool process: %s", w->pool.errstr);
 }
 
@@ -617,6 +814,9 @@ static void write_status(struct worker *w)
 static void return_reserved(struct worker *w);
 
 /* worker_cron: the periodic duties, run every loop iteration (cheap checks):
+ *  - enforce soft and hard time limits of running tasks;
+ *  - autoscale the pool (--autoscale);
+ *  - end a soft shutdown when its tasks are done or its time is up;
  *  - move due ETA jobs to the ready list;
  *  - refresh the unacked entries of messages we hold (every visibility_timeout/4);
  *  - scan for unacked messages past visibility_timeout every unacked_restore_interval;
@@ -624,9 +824,61 @@ static void return_reserved(struct worker *w);
  *  - rewrite the status file and the revoked-ids state file once a second;
  *  - reconnect to the broker with exponential backoff;
  *  - in a warm shutdown, return reserved messages once no fetch is outstanding. */
+static void begin_cold_stop(struct worker *w, int force);
+
+/* Soft limit: SIGUSR1 tells the task; hard limit: SIGKILL ends its process
+ * (child_lost() then stores TimeLimitExceeded). */
+static void enforce_time_limits(struct worker *w, double now)
+{
+    for (size_t i = 0; i < w->pool.n; i++) {
+        struct pool_child *c = &w->pool.children[i];
+        struct job *j = c->job;
+        if (!j || !j->time_start || j->terminated || j->timed_out)
+            continue;
+        double ran = now - j->time_start;
+        if (j->soft_limit > 0 && !j->soft_sent && ran >= j->soft_limit) {
+            log_warning("Soft time limit (%gs) exceeded for %s[%s]", j->soft_limit,
+                        task_message_display_name(&j->msg), j->msg.id);
+            j->soft_sent = 1;
+            kill(c->pid, SIGUSR1);
+        }
+        if (j->hard_limit > 0 && ran >= j->hard_limit) {
+            log_error("Hard time limit (%gs) exceeded for %s[%s]", j->hard_limit,
+                      task_message_display_name(&j->msg), j->msg.id);
+            j->timed_out = 1;
+            kill(c->pid, SIGKILL);
+        }
+    }
+}
+
+/* --autoscale MAX,MIN: grow while jobs wait, shrink one process at a time
+ * after 30 s with idle processes. */
+static void autoscale(struct worker *w, double mono)
+{
+    if (w->autoscale_max <= 0 || w->state != W_RUNNING)
+        return;
+    size_t size = pool_size(&w->pool);
+    size_t max = (size_t)w->autoscale_max, min = (size_t)w->autoscale_min;
+    if (w->nready > 0 && size < max) {
+        size_t add = w->nready < max - size ? w->nready : max - size;
+        log_info("autoscale: growing pool by %zu (to %zu)", add, size + add);
+        if (pool_grow(&w->pool, add) < 0)
+            log_error("autoscale: %s", w->pool.errstr);
+        w->last_scale = mono;
+    } else if (w->nready == 0 && size > min && size > w->nactive && mono - w->last_scale > 30) {
+        log_info("autoscale: shrinking pool to %zu", size - 1);
+        pool_shrink(&w->pool, 1);
+        w->last_scale = mono;
+    }
+}
+
 static void worker_cron(struct worker *w)
 {
     double now = util_now(), mono = util_monotonic();
+    enforce_time_limits(w, now);
+    autoscale(w, mono);
+    if (w->cold_deadline > 0 && (w->nactive == 0 || mono >= w->cold_deadline))
+        begin_cold_stop(w, 1);
     while (w->scheduled && w->scheduled->msg.eta <= now) {
         struct job *j = w->scheduled;
         w->scheduled = j->next;
@@ -697,10 +949,18 @@ static void begin_warm_stop(struct worker *w)
     pool_close(&w->pool);
 }
 
-static void begin_cold_stop(struct worker *w)
+static void begin_cold_stop(struct worker *w, int force)
 {
     if (w->state == W_COLD_STOP || w->state == W_STOPPED)
         return;
+    if (!force && w->cfg->soft_shutdown_timeout > 0 && w->nactive > 0 && w->cold_deadline == 0) {
+        /* Celery 5.5's soft shutdown: running tasks get a last chance. */
+        log_warning("worker: Soft shutdown: %zu running task(s) have %.1f s to finish",
+                    w->nactive, w->cfg->soft_shutdown_timeout);
+        begin_warm_stop(w);
+        w->cold_deadline = util_monotonic() + w->cfg->soft_shutdown_timeout;
+        return;
+    }
     log_warning("worker: Cold shutdown (terminating %zu running task(s))", w->nactive);
     set_state(w, W_COLD_STOP);
     return_reserved(w);
@@ -730,7 +990,7 @@ static void handle_signals(struct worker *w)
             if (sig == SIGCHLD)
                 continue; /* reaped below */
             if (sig == SIGQUIT || w->state == W_WARM_STOP)
-                begin_cold_stop(w);
+                begin_cold_stop(w, w->cold_deadline > 0);
             else
                 begin_warm_stop(w);
         }
@@ -787,6 +1047,11 @@ static int loop_once(struct worker *w)
     int timeout = 1000;
     if (w->scheduled) {
         double dt = (w->scheduled->msg.eta - util_now()) * 1000;
+        if (dt < timeout)
+            timeout = dt < 0 ? 0 : (int)dt + 1;
+    }
+    if (w->next_wake > 0) {
+        double dt = (w->next_wake - util_monotonic()) * 1000;
         if (dt < timeout)
             timeout = dt < 0 ? 0 : (int)dt + 1;
     }
@@ -946,7 +1211,8 @@ int worker_run(struct worker *w)
     }
     log_info("Connected to %s", w->broker->ops->name);
 
-    if (pool_start(&w->pool, (size_t)w->cfg->concurrency, task_exec_child_main, &w->exec) < 0) {
+    size_t procs = (size_t)(w->cfg->autoscale_max > 0 ? w->cfg->autoscale_min : w->cfg->concurrency);
+    if (pool_start(&w->pool, procs, task_exec_child_main, &w->exec) < 0) {
         log_error("cannot start the pool: %s", w->pool.errstr);
         pool_kill(&w->pool, SIGKILL);
         wait_children(w, 1);
@@ -962,7 +1228,7 @@ int worker_run(struct worker *w)
     while (w->state != W_STOPPED) {
         if (loop_once(w) < 0) {
             w->exit_code = 70;
-            begin_cold_stop(w);
+            begin_cold_stop(w, 1);
         }
         if (stop_finished(w)) {
             if (w->state == W_WARM_STOP && w->broker->ops->fetch_fd(w->broker) < 0 &&
@@ -1067,7 +1333,7 @@ int worker_pool_resize(struct worker *w, long delta)
 {
     if (delta > 0) {
         int rc = pool_grow(&w->pool, (size_t)delta);
-        if (rc == 0)
+        if (rc == 0 && w->autoscale_max <= 0)
             w->prefetch_limit = pool_size(&w->pool) * (size_t)w->cfg->prefetch_multiplier;
         return rc;
     }
@@ -1076,7 +1342,8 @@ int worker_pool_resize(struct worker *w, long delta)
     if (n >= size)
         n = size - 1; /* never below one process */
     pool_shrink(&w->pool, n);
-    w->prefetch_limit = pool_size(&w->pool) * (size_t)w->cfg->prefetch_multiplier;
+    if (w->autoscale_max <= 0)
+        w->prefetch_limit = pool_size(&w->pool) * (size_t)w->cfg->prefetch_multiplier;
     return 0;
 }
 
@@ -1136,7 +1403,8 @@ struct worker *worker_new(const struct config *cfg)
     w->limits.max_body_bytes = (size_t)cfg->max_body_size;
     w->limits.max_depth = (unsigned)cfg->max_nesting_depth;
     w->limits.max_items = (size_t)cfg->max_items;
-    w->prefetch_limit = (size_t)(cfg->concurrency * cfg->prefetch_multiplier);
+    w->prefetch_limit = (size_t)((cfg->autoscale_max > 0 ? cfg->autoscale_max : cfg->concurrency) *
+                                 cfg->prefetch_multiplier);
     w->builtin = cfg->builtin;
     w->registry = task_registry_new();
     if (!w->registry || tasks_builtin_register(w->registry, &w->builtin) < 0) {
@@ -1187,6 +1455,19 @@ struct worker *worker_new(const struct config *cfg)
     events_init(&w->events, w->broker, cfg->hostname, &w->clock,
                 cfg->without_heartbeat ? 0 : cfg->heartbeat_interval, cfg->task_events);
     revoked_init(&w->revoked, cfg->statedb);
+    w->autoscale_max = cfg->autoscale_max;
+    w->autoscale_min = cfg->autoscale_min;
+    for (size_t i = 0; i < cfg->rate_limits.len; i++) {
+        char *name = strdup(cfg->rate_limits.items[i]);
+        char *eq = name ? strchr(name, '=') : NULL;
+        if (eq) {
+            *eq = 0;
+            struct task_policy *p = worker_policy(w, name);
+            if (p)
+                p->rate = config_parse_rate(eq + 1);
+        }
+        free(name);
+    }
     snprintf(w->pidbox_queue, sizeof w->pidbox_queue, "%s.celery.pidbox", cfg->hostname);
     for (size_t i = 0; i < cfg->queues.len; i++)
         if (worker_set_queues(w, cfg->queues.items[i], NULL) < 0)
@@ -1219,6 +1500,9 @@ void worker_free(struct worker *w)
     for (size_t i = 0; i < w->queues.len; i++)
         free(w->queues.items[i]);
     free(w->queues.items);
+    for (size_t i = 0; i < w->npolicies; i++)
+        free(w->policies[i].name);
+    free(w->policies);
     for (size_t i = 0; i < w->ntotals; i++)
         free(w->totals[i].name);
     free(w->totals);

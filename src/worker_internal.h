@@ -42,6 +42,10 @@ struct job {
     pid_t worker_pid;        /* pool process running it, 0 before */
     int terminated;          /* revoked with terminate: report REVOKED, not a crash */
     int signum;              /* signal used to terminate */
+    double hard_limit;       /* effective hard time limit, seconds (0 = none) */
+    double soft_limit;       /* effective soft time limit, seconds (0 = none) */
+    int soft_sent;           /* the soft limit signal was sent */
+    int timed_out;           /* killed at the hard limit */
     struct job *next;        /* ready/scheduled list link */
 };
 
@@ -83,8 +87,24 @@ struct worker {
     size_t ntotals;
     char pidbox_queue[300];              /* "<node>.celery.pidbox" */
     double next_status;                  /* monotonic: next status-file write */
+    struct task_policy *policies;        /* owned: rate and time limits per task */
+    size_t npolicies;
+    double next_wake;                    /* monotonic: earliest rate-limit refill needed */
+    double cold_deadline;                /* monotonic: soft shutdown ends, 0 = not in one */
+    double last_scale;                   /* monotonic: last autoscale change */
+    long autoscale_max, autoscale_min;   /* from --autoscale or the autoscale command; 0 = off */
 };
 
+
+/* Per task name: rate limit (token bucket, capacity 1, as Celery's) and
+ * time-limit overrides set by the time_limit control command. */
+struct task_policy {
+    char *name;          /* owned */
+    double rate;         /* tasks per second; 0 = unlimited */
+    double tokens;       /* available, at most 1 */
+    double refilled;     /* monotonic time of the last refill */
+    double hard, soft;   /* overrides; < 0 = not set */
+};
 
 /* Tasks run per name, for `inspect stats`. */
 struct task_total {
@@ -103,6 +123,8 @@ size_t worker_revoke(struct worker *w, const char *const *ids, size_t n, int ter
                      int signum, const char **terminated, size_t max);
 int worker_set_queues(struct worker *w, const char *add, const char *remove);
 int worker_pool_resize(struct worker *w, long delta);
+/* Finds or creates the policy of a task name (NULL when out of memory). */
+struct task_policy *worker_policy(struct worker *w, const char *name);
 /* Lamport clock: on sending, and on receiving a clock value. */
 unsigned long worker_clock_forward(struct worker *w);
 void worker_clock_adjust(struct worker *w, unsigned long other);

@@ -131,8 +131,9 @@ static void sleep_for(double seconds)
  * the custom state PROCESSING with meta {"progress": percent, "message": ...}
  * in the result backend, where the producer reads it as
  * AsyncResult(id).state / .info, just like a Python task calling
- * self.update_state(). Here we publish once a second. Time limits
- * (soft_time_limit / time_limit) are enforced by the worker around us. */
+ * self.update_state(). Here we publish every quarter second. Time limits:
+ * the worker kills us at the hard limit; at the soft limit
+ * celeriac_task_check_time_limit() turns into SoftTimeLimitExceeded. */
 static int sleep_task(celeriac_task *t, void *ud)
 {
     (void)ud;
@@ -150,8 +151,12 @@ static int sleep_task(celeriac_task *t, void *ud)
     if (seconds > 3600)
         return celeriac_task_fail(t, "ValueError", "sleep length must be at most 3600 seconds");
     double slept = 0;
+    int rc;
     while (slept < seconds) {
-        double step = seconds - slept < 1.0 ? seconds - slept : 1.0;
+        /* Soft time limit: fail with SoftTimeLimitExceeded, as Python would. */
+        if ((rc = celeriac_task_check_time_limit(t)) < 0)
+            return rc;
+        double step = seconds - slept < 0.25 ? seconds - slept : 0.25;
         sleep_for(step);
         slept += step;
         celeriac_task_progress(t, (int)(slept * 100.0 / seconds), "slept %.0f of %g seconds",
