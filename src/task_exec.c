@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "canvas.h"
 #include "log.h"
 #include "pool.h"
 #include "task_context.h"
@@ -57,6 +58,110 @@ static void store_started(struct task_exec *x, const struct task_message *m)
     celeriac_value_free(meta);
 }
 
+/* canvas_env.publisher: the child's publishing link, opened on first use. */
+static struct broker *publisher(void *ud)
+{
+    struct task_exec *x = ud;
+    if (x->publisher || !x->broker_url || !*x->broker_url)
+        return x->publisher;
+    char err[256];
+    x->publisher = broker_new(x->broker_url, err, sizeof err);
+    if (!x->publisher)
+        log_error("broker (publishing): %s", err);
+    else if (x->publisher->ops->connect_publisher(x->publisher) < 0)
+        log_warning("broker (publishing): %s; retrying on send", x->publisher->errstr);
+    return x->publisher;
+}
+
+/* Python's str() of a countdown in "Retry in 1s" / "Retry in 0.5s". */
+static void format_seconds(double s, char *buf, size_t len)
+{
+    if (s == (double)(long long)s && s < 1e15 && s > -1e15)
+        snprintf(buf, len, "%lld", (long long)s);
+    else
+        snprintf(buf, len, "%g", s);
+}
+
+static void run_success(struct task_exec *x, const struct canvas_env *ce,
+                        const struct task_message *m, celeriac_task *t, int ignore,
+                        struct pool_outcome *out)
+{
+    celeriac_value *result = task_context_take_result(t);
+    celeriac_value *children = celeriac_value_new_array();
+    out->status = POOL_SUCCESS;
+    out->detail = value_repr(result, REPR_MAX);
+    /* Callbacks and the next chain step go out before the result is stored,
+     * so the stored meta lists them in children (as Celery's tracer does). */
+    canvas_on_success(ce, m, result, children);
+    if (x->backend && !ignore) {
+        struct result_meta rm = {.task_id = m->id, .status = "SUCCESS", .result = result,
+                                 .group_id = m->group, .parent_id = m->parent_id, .ready = 1,
+                                 .children = children};
+        backend_store_meta(x->backend, &rm);
+    }
+    canvas_chord_part(ce, m, "SUCCESS", result);
+    celeriac_value_free(children);
+    celeriac_value_free(result);
+}
+
+static void run_failure(struct task_exec *x, const struct canvas_env *ce,
+                        const struct task_message *m, const char *module, const char *type,
+                        const char *msg, int ignore, struct pool_outcome *out)
+{
+    celeriac_value *exc = backend_exception(module, type, msg);
+    char *tb = backend_traceback(module, type, msg);
+    int stored = x->backend && !ignore;
+    out->status = POOL_FAILURE;
+    out->detail = task_exec_exc_repr(type, msg);
+    if (stored) {
+        struct result_meta rm = {.task_id = m->id, .status = "FAILURE", .result = exc,
+                                 .traceback = tb, .group_id = m->group,
+                                 .parent_id = m->parent_id, .ready = 1};
+        backend_store_meta(x->backend, &rm);
+    }
+    canvas_on_failure(ce, m, exc, tb, stored);
+    celeriac_value_free(exc);
+    free(tb);
+}
+
+/* celeriac_task_retry() under max_retries: the message goes out again and
+ * RETRY is stored. Returns 0, or negative when it could not be republished
+ * (the caller then fails the task with the exception). */
+static int run_retry(struct task_exec *x, const struct canvas_env *ce,
+                     const struct task_message *m, const celeriac_task *t, const char *msg,
+                     struct pool_outcome *out)
+{
+    /* A negative countdown means Celery's default_retry_delay. */
+    double countdown = t->retry_countdown < 0 ? 180.0 : t->retry_countdown;
+    celeriac_value *children = celeriac_value_new_array();
+    if (!children)
+        return CELERIAC_ENOMEM;
+    int rc = canvas_retry(ce, m, countdown, children);
+    if (rc < 0) {
+        celeriac_value_free(children);
+        return rc;
+    }
+    char *repr = task_exec_exc_repr(t->exc_type, msg);
+    if (x->backend) {
+        char secs[40];
+        format_seconds(countdown, secs, sizeof secs);
+        celeriac_value *exc = backend_exception(t->exc_module, t->exc_type, msg);
+        struct buf tb = {0};
+        buf_printf(&tb, "Traceback (most recent call last):\n  File \"celeriac\", in worker\n"
+                        "celery.exceptions.Retry: Retry in %ss: %s\n", secs, repr ? repr : "");
+        struct result_meta rm = {.task_id = m->id, .status = "RETRY", .result = exc,
+                                 .traceback = tb.p, .group_id = m->group,
+                                 .parent_id = m->parent_id, .children = children};
+        backend_store_meta(x->backend, &rm);
+        celeriac_value_free(exc);
+        buf_free(&tb);
+    }
+    out->status = POOL_RETRY;
+    out->detail = repr;
+    celeriac_value_free(children);
+    return 0;
+}
+
 static void run_one(struct task_exec *x, int fd, const char *env, size_t len, uint32_t flags)
 {
     struct task_message m = {0};
@@ -74,6 +179,9 @@ static void run_one(struct task_exec *x, int fd, const char *env, size_t len, ui
                  (def->flags & CELERIAC_TASK_IGNORE_RESULT);
     if (x->backend && ((flags & EXEC_TRACK_STARTED) || (def->flags & CELERIAC_TASK_TRACK_STARTED)))
         store_started(x, &m);
+    if (!x->reply_to[0])
+        util_uuid4(x->reply_to);
+    struct canvas_env ce = {publisher, x, x->backend, x->hostname, x->reply_to};
 
     struct sink_ctx sctx = {x, &m};
     struct task_sink sink = {store_state, &sctx};
@@ -84,15 +192,7 @@ static void run_one(struct task_exec *x, int fd, const char *env, size_t len, ui
     out.runtime = util_monotonic() - t0;
 
     if (r == 0 && !t.failed) {
-        celeriac_value *result = task_context_take_result(&t);
-        out.status = POOL_SUCCESS;
-        out.detail = value_repr(result, REPR_MAX);
-        if (x->backend && !ignore) {
-            struct result_meta rm = {.task_id = m.id, .status = "SUCCESS", .result = result,
-                                     .group_id = m.group, .parent_id = m.parent_id, .ready = 1};
-            backend_store_meta(x->backend, &rm);
-        }
-        celeriac_value_free(result);
+        run_success(x, &ce, &m, &t, ignore, &out);
     } else {
         char fallback[160];
         const char *type = t.failed ? t.exc_type : "RuntimeError";
@@ -103,9 +203,11 @@ static void run_one(struct task_exec *x, int fd, const char *env, size_t len, ui
                      celeriac_strerror(r));
             msg = fallback;
         }
-        out.detail = task_exec_exc_repr(type, msg);
-        if (x->backend && !ignore)
-            backend_store_failure(x->backend, m.id, module, type, msg, m.parent_id, m.group);
+        /* Retry below max_retries (Celery's default 3); past it, the exception stands. */
+        int max_retries = t.retry_max < 0 ? 3 : t.retry_max;
+        if (!(t.failed && t.retry && m.retries < max_retries &&
+              run_retry(x, &ce, &m, &t, msg, &out) == 0))
+            run_failure(x, &ce, &m, module, type, msg, ignore, &out);
     }
     task_context_clear(&t);
 done:
@@ -136,4 +238,6 @@ void task_exec_child_main(int fd, int index, void *ud)
     buf_free(&env);
     backend_free(x->backend);
     x->backend = NULL;
+    broker_free(x->publisher);
+    x->publisher = NULL;
 }

@@ -4,6 +4,7 @@
 #define CELERIAC_TASK_EXEC_H
 
 #include "backend.h"
+#include "broker.h"
 #include "celeriac.h"
 #include "task_message.h"
 
@@ -19,6 +20,9 @@ struct task_exec {
     const char *hostname;              /* borrowed: node name */
     struct task_message_limits limits;
     struct backend *backend;           /* owned by the child, opened after fork */
+    const char *broker_url;            /* borrowed: where canvas and retry messages go */
+    struct broker *publisher;          /* owned by the child, opened on first publish */
+    char reply_to[37];                 /* this child's reply_to for signatures without one */
 };
 
 /* pool_child_fn: serves jobs from fd until EOF. */

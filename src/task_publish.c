@@ -47,7 +47,8 @@ static celeriac_value *build_headers(const struct task_publish *p, const char *a
     ok = ok && celeriac_value_set(h, "argsrepr", celeriac_value_new_string(argsrepr)) == 0;
     ok = ok && celeriac_value_set(h, "kwargsrepr", celeriac_value_new_string(kwargsrepr)) == 0;
     ok = ok && celeriac_value_set(h, "origin", str_or_null(p->origin)) == 0;
-    ok = ok && celeriac_value_set(h, "ignore_result", celeriac_value_new_bool(p->ignore_result)) == 0;
+    ok = ok &&
+         celeriac_value_set(h, "ignore_result", celeriac_value_new_bool(p->ignore_result)) == 0;
     if (!ok) {
         celeriac_value_free(h);
         return NULL;
@@ -91,7 +92,8 @@ static celeriac_value *build_properties(const struct task_publish *p)
                                   celeriac_value_new_string(p->reply_to ? p->reply_to : "")) == 0;
     for (size_t i = 0; ok && i < celeriac_value_len(p->properties_extra); i++)
         ok = celeriac_value_set(props, celeriac_value_key_at(p->properties_extra, i),
-                                celeriac_value_copy(celeriac_value_at(p->properties_extra, i))) == 0;
+                                celeriac_value_copy(celeriac_value_at(p->properties_extra, i))) ==
+             0;
     ok = ok && celeriac_value_set(props, "priority", celeriac_value_new_int(p->priority)) == 0;
     if (!ok) {
         celeriac_value_free(props);

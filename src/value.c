@@ -128,6 +128,17 @@ celeriac_value *value_take(celeriac_value *obj, const char *key)
     return v;
 }
 
+celeriac_value *value_take_at(celeriac_value *arr, size_t i)
+{
+    if (!arr || arr->type != CELERIAC_ARRAY || i >= arr->u.a.len)
+        return NULL;
+    celeriac_value *v = arr->u.a.items[i];
+    memmove(arr->u.a.items + i, arr->u.a.items + i + 1,
+            (arr->u.a.len - i - 1) * sizeof(celeriac_value *));
+    arr->u.a.len--;
+    return v;
+}
+
 /* ---- Builders ------------------------------------------------------------- */
 
 static celeriac_value *new_value(celeriac_type t)

@@ -40,6 +40,8 @@ celeriac_value *value_take(celeriac_value *obj, const char *key);
 /* Python repr() of a float into buf (shortest text that reads back the same
  * double: "0.1", "1e+20", "1.5", "inf", "nan"). Returns the length. */
 size_t value_double_repr(double d, char buf[32]);
+/* Removes and returns element i of an ARRAY (caller frees); NULL when out of range. */
+celeriac_value *value_take_at(celeriac_value *arr, size_t i);
 /* Appends a member to an OBJECT without looking for an existing key (the
  * caller knows keys are unique, e.g. a decoder). Takes ownership of key
  * (malloc'ed, NUL-terminated) and item, also on failure. */

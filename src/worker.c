@@ -1448,6 +1448,7 @@ struct worker *worker_new(const struct config *cfg)
     }
     w->exec.registry = w->registry;
     w->exec.backend_url = cfg->result_backend;
+    w->exec.broker_url = cfg->broker_url;
     w->exec.result_expires = cfg->result_expires;
     w->exec.backend_retry_timeout = cfg->result_backend_retry_timeout;
     w->exec.hostname = cfg->hostname;

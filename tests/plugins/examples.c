@@ -21,6 +21,7 @@
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 
@@ -240,6 +241,95 @@ static int progress(celeriac_task *t, void *ud)
     return celeriac_task_set_result(t, celeriac_value_new_string("done"));
 }
 
+/* examples.mul(x, y) -> x * y (integers, or floats when either is a float) */
+static int mul(celeriac_task *t, void *ud)
+{
+    (void)ud;
+    const celeriac_value *x = celeriac_task_arg(t, 0, "x");
+    const celeriac_value *y = celeriac_task_arg(t, 1, "y");
+    if (!x || !y || !is_number(x) || !is_number(y))
+        return celeriac_task_fail(t, "TypeError",
+                                  "unsupported operand type(s) for *: '%s' and '%s'",
+                                  type_name(x), type_name(y));
+    if (celeriac_value_type(x) == CELERIAC_DOUBLE || celeriac_value_type(y) == CELERIAC_DOUBLE)
+        return celeriac_task_set_result(t, celeriac_value_new_double(as_double(x) *
+                                                                     as_double(y)));
+    int64_t product;
+    if (__builtin_mul_overflow(as_int(x), as_int(y), &product))
+        return celeriac_task_fail(t, "OverflowError", "int too large to multiply in 64 bits");
+    return celeriac_task_set_result(t, celeriac_value_new_int(product));
+}
+
+/* examples.tsum(numbers) -> sum(numbers)
+ *
+ * Tutorial: a chord body. chord(header, examples.tsum.s()) calls it with one
+ * argument, the list of the header's results in header order. */
+static int tsum(celeriac_task *t, void *ud)
+{
+    (void)ud;
+    const celeriac_value *list = celeriac_task_arg(t, 0, "numbers");
+    if (celeriac_value_type(list) != CELERIAC_ARRAY)
+        return celeriac_task_fail(t, "TypeError", "'%s' object is not iterable", type_name(list));
+    int64_t isum = 0;
+    double dsum = 0;
+    int is_float = 0;
+    for (size_t i = 0; i < celeriac_value_len(list); i++) {
+        const celeriac_value *v = celeriac_value_at(list, i);
+        if (!is_number(v))
+            return celeriac_task_fail(t, "TypeError",
+                                      "unsupported operand type(s) for +: 'int' and '%s'",
+                                      type_name(v));
+        if (celeriac_value_type(v) == CELERIAC_DOUBLE)
+            is_float = 1;
+        dsum += as_double(v);
+        if (!is_float && __builtin_add_overflow(isum, as_int(v), &isum))
+            return celeriac_task_fail(t, "OverflowError", "int too large to add in 64 bits");
+    }
+    return celeriac_task_set_result(t, is_float ? celeriac_value_new_double(dsum)
+                                                : celeriac_value_new_int(isum));
+}
+
+/* examples.flaky(fail_times, max_retries=None) -> "ok after N retries"
+ *
+ * Tutorial: retries. celeriac_task_retry() is Celery's self.retry(): the
+ * worker sends the same task again (same id, retries + 1) after the countdown
+ * and stores RETRY meanwhile; once max_retries is used up (-1 = Celery's
+ * default 3) the task fails with the exception given. Here every run before
+ * the fail_times-th retry asks for another try half a second later. */
+static int flaky(celeriac_task *t, void *ud)
+{
+    (void)ud;
+    const celeriac_value *n = celeriac_task_arg(t, 0, "fail_times");
+    const celeriac_value *m = celeriac_task_arg(t, 1, "max_retries");
+    if (celeriac_value_type(n) != CELERIAC_INT)
+        return celeriac_task_fail(t, "TypeError", "fail_times must be an int, not %s",
+                                  type_name(n));
+    int max_retries = celeriac_value_type(m) == CELERIAC_INT ? (int)celeriac_value_int(m) : -1;
+    int retries = celeriac_task_retries(t);
+    if (retries < celeriac_value_int(n))
+        return celeriac_task_retry(t, "RuntimeError", "transient failure", 0.5, max_retries);
+    char text[64];
+    snprintf(text, sizeof text, "ok after %d retries", retries);
+    return celeriac_task_set_result(t, celeriac_value_new_string(text));
+}
+
+/* examples.log_error(task_id) -> "logged failure of <task_id>"
+ *
+ * Tutorial: an errback. link_error=examples.log_error.s() makes the worker
+ * send this task with the failed task's id when that task fails (Celery's
+ * old-style errback: one argument, sent as a task). */
+static int log_error(celeriac_task *t, void *ud)
+{
+    (void)ud;
+    const char *id = celeriac_value_string(celeriac_task_arg(t, 0, "task_id"), NULL);
+    if (!id)
+        return celeriac_task_fail(t, "TypeError", "log_error() needs the failed task's id");
+    celeriac_task_log(t, 2, "task %s failed", id);
+    char text[300];
+    snprintf(text, sizeof text, "logged failure of %s", id);
+    return celeriac_task_set_result(t, celeriac_value_new_string(text));
+}
+
 /* The plugin's init: register each task under its Celery name. userdata
  * (NULL here) is handed back to the task on every call; flags are Celery's
  * task attributes (CELERIAC_TASK_ACKS_LATE, ...). A negative return refuses
@@ -257,6 +347,10 @@ static int init(celeriac_registry *r)
         {"examples.fail", fail, 0},
         {"examples.crash", crash, 0},
         {"examples.progress", progress, 0},
+        {"examples.mul", mul, 0},
+        {"examples.tsum", tsum, 0},
+        {"examples.flaky", flaky, 0},
+        {"examples.log_error", log_error, 0},
     };
     for (size_t i = 0; i < sizeof tasks / sizeof tasks[0]; i++) {
         int rc = celeriac_register(r, tasks[i].name, tasks[i].fn, NULL, tasks[i].flags);
