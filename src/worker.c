@@ -28,6 +28,7 @@
 #include "url.h"
 #include "util.h"
 #include "value.h"
+#include "canvas.h"
 #include "revoked.h"
 
 #define MAX_SCHEDULED 10000        /* ETA jobs held in memory before fetching pauses */
@@ -129,11 +130,55 @@ static void job_restore(struct worker *w, struct job *j)
                     task_message_display_name(&j->msg), j->msg.id);
 }
 
+/* The parent publishes through its own broker link (none while reconnecting). */
+static struct broker *parent_publisher(void *ud)
+{
+    struct worker *w = ud;
+    return w->state == W_RECONNECTING ? NULL : w->broker;
+}
+
+static struct canvas_env parent_canvas(struct worker *w)
+{
+    struct canvas_env e = {.publisher = parent_publisher, .ud = w, .backend = w->backend,
+                           .hostname = w->cfg->hostname, .reply_to = NULL};
+    return e;
+}
+
+/* Stores a FAILURE decided by the main process (unknown task, lost or timed
+ * out process, poison message) and, for a decoded task, does what Celery's
+ * mark_as_failure does: fail the rest of its chain, join its chord, send its
+ * errbacks. exc is borrowed. */
+static void fail_task(struct worker *w, const struct task_message *m, const celeriac_value *exc,
+                      const char *traceback, int decoded)
+{
+    int stored = 0;
+    if (w->backend && m->id && !m->ignore_result) {
+        struct result_meta rm = {.task_id = m->id, .status = "FAILURE", .result = exc,
+                                 .traceback = traceback, .group_id = m->group,
+                                 .parent_id = m->parent_id, .ready = 1};
+        stored = backend_store_meta(w->backend, &rm) == 0;
+    }
+    if (decoded && m->id) {
+        struct canvas_env e = parent_canvas(w);
+        canvas_on_failure(&e, m, exc, traceback, stored);
+    }
+}
+
+static void store_failure_ex(struct worker *w, const struct task_message *m, const char *module,
+                             const char *type, const char *message, int decoded)
+{
+    celeriac_value *exc = backend_exception(module, type, message);
+    char *tb = backend_traceback(module, type, message);
+    if (exc)
+        fail_task(w, m, exc, tb, decoded);
+    free(tb);
+    celeriac_value_free(exc);
+}
+
 static void store_failure(struct worker *w, const struct task_message *m, const char *module,
                           const char *type, const char *message)
 {
-    if (w->backend && m->id)
-        backend_store_failure(w->backend, m->id, module, type, message, m->parent_id, m->group);
+    store_failure_ex(w, m, module, type, message, 1);
 }
 
 static celeriac_value *fields_uuid(const struct task_message *m)
@@ -195,6 +240,9 @@ static void store_revoked(struct worker *w, const struct task_message *m, const 
     struct result_meta rm = {.task_id = m->id, .status = "REVOKED", .result = exc,
                              .group_id = m->group, .parent_id = m->parent_id, .ready = 1};
     backend_store_meta(w->backend, &rm);
+    /* A revoked chord member still counts towards the join (mark_as_revoked). */
+    struct canvas_env e = parent_canvas(w);
+    canvas_chord_part(&e, m, "REVOKED", exc);
     celeriac_value_free(exc);
 }
 
@@ -243,7 +291,7 @@ static void reject_bad_message(struct worker *w, const struct broker_delivery *d
     const char *module = rc == CELERIAC_ECONTENT ? "kombu.exceptions" : "celery.exceptions";
     log_error("discarding message from queue %s (%zu bytes, id %s): %s", d->queue, d->len,
               m->id ? m->id : "unknown", err);
-    store_failure(w, m, module, type, err);
+    store_failure_ex(w, m, module, type, err, 0);
 }
 
 static void on_message(struct worker *w, struct broker_delivery *d)
@@ -616,22 +664,16 @@ static void child_lost(struct worker *w, struct pool_child *c, int status)
             snprintf(limit, sizeof limit, "%g", j->hard_limit);
             log_error("Task %s[%s] raised unexpected: TimeLimitExceeded(%s,)", name, j->msg.id,
                       limit);
-            if (w->backend && j->msg.id) {
-                celeriac_value *args = celeriac_value_new_array();
-                celeriac_value_append(args, celeriac_value_new_double(j->hard_limit));
-                celeriac_value *exc = backend_exception("billiard.exceptions",
-                                                        "TimeLimitExceeded", limit);
-                celeriac_value_set(exc, "exc_message", args);
-                struct buf tb = {0};
-                buf_printf(&tb, "Traceback (most recent call last):\n  File \"celeriac\", in pool\n"
-                                "billiard.exceptions.TimeLimitExceeded: %s\n", limit);
-                struct result_meta rm = {.task_id = j->msg.id, .status = "FAILURE", .result = exc,
-                                         .traceback = tb.p, .group_id = j->msg.group,
-                                         .parent_id = j->msg.parent_id, .ready = 1};
-                backend_store_meta(w->backend, &rm);
-                buf_free(&tb);
-                celeriac_value_free(exc);
-            }
+            celeriac_value *args = celeriac_value_new_array();
+            celeriac_value_append(args, celeriac_value_new_double(j->hard_limit));
+            celeriac_value *exc = backend_exception("billiard.exceptions", "TimeLimitExceeded",
+                                                    limit);
+            celeriac_value_set(exc, "exc_message", args);
+            char *tb = backend_traceback("billiard.exceptions", "TimeLimitExceeded", limit);
+            if (exc)
+                fail_task(w, &j->msg, exc, tb, 1);
+            free(tb);
+            celeriac_value_free(exc);
             struct buf e = {0};
             buf_printf(&e, "TimeLimitExceeded(%s,)", limit);
             event_failed(w, &j->msg, e.p, NULL);
