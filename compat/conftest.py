@@ -39,6 +39,11 @@ PYTHON = "/usr/bin/python3"
 CELERIAC_BIN = os.environ.get("CELERIAC_BIN", str(REPO / "build" / "celeriac"))
 CELERIAC_EXAMPLES = os.environ.get("CELERIAC_EXAMPLES", str(REPO / "build" / "examples.so"))
 WORKER_KIND = os.environ.get("COMPAT_WORKER", "celeriac")
+
+# Celery reads these on every conf access and they would override every app's URL:
+# the tests must only ever talk to their own redis-servers on 127.0.0.1.
+for _var in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "REDIS_URL", "CELERIAC_CONFIG"):
+    os.environ.pop(_var, None)
 DEFAULT_TEST_TIMEOUT = 240
 READY_TIMEOUT = 20.0
 
@@ -110,13 +115,12 @@ class Worker:
             else:
                 args.append(flag)
         self.env["REF_TASK_ALIASES"] = ",".join(aliases)
-        if not self.broker_args:
-            self.env.setdefault("CELERY_BROKER_URL", os.environ.get("CELERY_BROKER_URL", ""))
         return args
 
     def start(self, wait_ready=True):
         cmd = self.command()  # first: the python variant also fills self.env
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("CELERY_") and k != "REDIS_URL"}
         env.update(self.env)
         if self.kind == "python":
             env["PYTHONPATH"] = str(COMPAT)
@@ -308,10 +312,31 @@ def basedir():
 def shared_redis(basedir):
     """One redis-server for the tests that do not need their own."""
     server = RedisServer(basedir).start()
-    os.environ["CELERY_BROKER_URL"] = server.url(0)
-    os.environ["CELERY_RESULT_BACKEND"] = server.url(1)
     yield server
     server.stop()
+
+
+class users_env:
+    """Sets CELERY_BROKER_URL/CELERY_RESULT_BACKEND the way a deployment does, while
+    a users' module is imported, then restores the environment.
+
+    Celery 5.2 reads these variables on every access to conf.broker_url, overriding
+    the app's own setting, so leaving them set would redirect every other app here.
+    """
+
+    def __init__(self, redis):
+        self.values = {"CELERY_BROKER_URL": redis.url(0), "CELERY_RESULT_BACKEND": redis.url(1)}
+
+    def __enter__(self):
+        self.saved = {k: os.environ.get(k) for k in self.values}
+        os.environ.update(self.values)
+
+    def __exit__(self, *exc):
+        for k, v in self.saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @pytest.fixture
@@ -430,6 +455,16 @@ def make_celery_app(redis, **conf):
     return app
 
 
+def close_celery_app(app):
+    """Closes a producer app so that AsyncResult.__del__ at exit finds nothing to do."""
+    gc.collect()
+    consumer = getattr(app.backend, "result_consumer", None)
+    if consumer is not None and getattr(consumer, "_pubsub", None) is not None:
+        consumer._pubsub.close()
+        consumer._pubsub = None
+    app.close()
+
+
 @pytest.fixture
 def app_factory():
     """make(redis, **conf) -> Celery app; apps are closed after the test."""
@@ -441,9 +476,8 @@ def app_factory():
         return app
 
     yield make
-    gc.collect()  # AsyncResult.__del__ talks to redis: run it while redis is still up
     for app in apps:
-        app.close()
+        close_celery_app(app)
 
 
 @pytest.fixture(scope="session")
@@ -451,8 +485,7 @@ def celery_app(shared_redis):
     """The session producer app, bound to the shared redis."""
     app = make_celery_app(shared_redis)
     yield app
-    gc.collect()
-    app.close()
+    close_celery_app(app)
 
 
 @pytest.fixture(scope="session")
@@ -460,9 +493,10 @@ def myapp(shared_redis):
     """The users' package (compat/myapp), imported with the env pointing at shared redis."""
     import importlib
 
-    import myapp as pkg
-
-    importlib.import_module("myapp.tasks")
+    with users_env(shared_redis):
+        pkg = importlib.import_module("myapp")
+        importlib.import_module("myapp.tasks")
     pkg.app.conf.broker_url = shared_redis.url(0)
     pkg.app.conf.result_backend = shared_redis.url(1)
-    return pkg
+    yield pkg
+    close_celery_app(pkg.app)

@@ -99,11 +99,16 @@ def child_pids(pid):
 
 
 def poll_states(result, timeout, interval=0.05):
-    """Polls AsyncResult.state/info until ready; returns [(state, info), ...] changes."""
+    """Polls an AsyncResult until ready; returns the [(state, info), ...] changes seen.
+
+    State and info come from one backend read (reading .state then .info is two
+    reads, and the task may finish in between).
+    """
     seen = []
     deadline = time.monotonic() + timeout
     while True:
-        state, info = result.state, result.info
+        meta = result.backend.get_task_meta(result.id)
+        state, info = meta["status"], meta.get("result")
         if not seen or seen[-1] != (state, info):
             seen.append((state, info))
         if state in ("SUCCESS", "FAILURE", "REVOKED"):

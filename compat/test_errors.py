@@ -42,8 +42,14 @@ def _insecure_app(app_factory, redis, serializer):
     return app_factory(redis, accept_content=["json", serializer])
 
 
+@pytest.mark.celeriac_only
 def test_pickle_is_refused_with_content_disallowed(worker, app_factory, shared_redis):
-    """Producer allows pickle, the worker must not: FAILURE ContentDisallowed, dropped."""
+    """Producer allows pickle, the worker must not: FAILURE ContentDisallowed, dropped.
+
+    celeriac-only: the Python 5.2 worker logs "Received invalid task message: Refusing
+    to deserialize untrusted content of type pickle" and stores nothing, so its
+    clients wait forever (checked with COMPAT_WORKER=python). celeriac stores the
+    FAILURE because the id is in the headers."""
     app = _insecure_app(app_factory, shared_redis, "pickle")
     r = app.send_task("examples.add", args=(1, 2), serializer="pickle")
     with pytest.raises(ContentDisallowed):
@@ -53,6 +59,7 @@ def test_pickle_is_refused_with_content_disallowed(worker, app_factory, shared_r
     assert app.send_task("examples.add", args=(1, 2)).get(timeout=15) == 3
 
 
+@pytest.mark.celeriac_only
 def test_yaml_is_refused_with_content_disallowed(worker, app_factory, shared_redis):
     pytest.importorskip("yaml")
     app = _insecure_app(app_factory, shared_redis, "yaml")

@@ -69,14 +69,16 @@ def test_task_track_started_shows_started(worker, celery_app):
 
 
 def test_progress_states_are_visible(worker, celery_app):
-    r = celery_app.send_task("examples.progress", args=(20,))
+    """examples.progress(steps, delay): AsyncResult.state/info polled like a dashboard."""
+    r = celery_app.send_task("examples.progress", args=(8, 0.25))
     seen = poll_states(r, timeout=40, interval=0.02)
     progress = [info for state, info in seen if state == "PROCESSING"]
     assert progress, f"no PROCESSING state observed: {seen}"
     assert all(isinstance(i, dict) and "progress" in i for i in progress), progress
     values = [i["progress"] for i in progress]
     assert values == sorted(values), f"progress went backwards: {values}"
-    assert seen[-1][0] == "SUCCESS"
+    assert len(progress) >= 3, f"only {len(progress)} of 8 steps observed: {seen}"
+    assert seen[-1] == ("SUCCESS", "done")
 
 
 def test_ignore_result_stores_nothing(make_worker, shared_redis, celery_app):

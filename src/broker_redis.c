@@ -264,11 +264,33 @@ static int redis_fetch_read(struct broker *b, struct broker_delivery *out)
             out->len = rep->element[1]->len;
             rc = 1;
         }
+        size_t qi = r->nqueues;
         for (size_t i = 0; i < r->nqueues; i++)
             if (strcmp(r->queues[i], out->queue) == 0) {
-                rotate(r, i);
+                qi = i;
                 break;
             }
+        if (qi < r->nqueues) {
+            rotate(r, qi);
+        } else if (rc == 1) {
+            /* The queue was cancelled while this BRPOP was outstanding: put the
+             * message back at the head of the very key it came from, as kombu
+             * requeues deliveries that have no consumer. */
+            const char *argv[3] = {"RPUSH", key, out->body};
+            size_t lens[3] = {5, klen, out->len};
+            redisReply *p = redis_conn_cmd(&r->cmd, 3, argv, lens);
+            if (p) {
+                freeReplyObject(p);
+                free(out->body);
+                out->body = NULL;
+                out->len = 0;
+                rc = 0;
+            } else {
+                /* Never drop it: deliver it after all. */
+                log_warning("message from cancelled queue %s could not be returned; running it",
+                            out->queue);
+            }
+        }
     } else if (rep->type == REDIS_REPLY_ERROR) {
         set_err(r, CELERIAC_EPROTO, rep->str);
         rc = CELERIAC_EPROTO;

@@ -592,7 +592,7 @@ char *config_expand_hostname(const char *pattern)
     return strdup(out);
 }
 
-const char *config_setting_at(const struct config *c, size_t i, char *value, size_t vlen)
+const char *config_setting_value(const struct config *c, size_t i, struct celeriac_value **out)
 {
     if (i >= NOPTIONS)
         return NULL;
@@ -601,27 +601,26 @@ const char *config_setting_at(const struct config *c, size_t i, char *value, siz
     switch (o->type) {
     case OPT_STR: {
         const char *s = *(char *const *)(base + o->off);
-        snprintf(value, vlen, "%s", s ? s : "");
+        *out = s ? celeriac_value_new_string(s) : celeriac_value_new_null();
         break;
     }
     case OPT_BOOL:
-        snprintf(value, vlen, "%s", *(const int *)(base + o->off) ? "true" : "false");
+        *out = celeriac_value_new_bool(*(const int *)(base + o->off));
         break;
     case OPT_LONG:
-        snprintf(value, vlen, "%ld", *(const long *)(base + o->off));
+        *out = celeriac_value_new_int(*(const long *)(base + o->off));
         break;
     case OPT_SIZE:
-        snprintf(value, vlen, "%zu", *(const size_t *)(base + o->off));
+        *out = celeriac_value_new_int((int64_t)*(const size_t *)(base + o->off));
         break;
     case OPT_DOUBLE:
-        snprintf(value, vlen, "%g", *(const double *)(base + o->off));
+        *out = celeriac_value_new_double(*(const double *)(base + o->off));
         break;
     case OPT_LIST: {
         const struct strlist *l = (const struct strlist *)(base + o->off);
-        size_t n = 0;
-        value[0] = 0;
-        for (size_t k = 0; k < l->len && n < vlen; k++)
-            n += (size_t)snprintf(value + n, vlen - n, "%s%s", k ? "," : "", l->items[k]);
+        *out = celeriac_value_new_array();
+        for (size_t k = 0; k < l->len; k++)
+            celeriac_value_append(*out, celeriac_value_new_string(l->items[k]));
         break;
     }
     }

@@ -4,6 +4,7 @@
 #define CELERIAC_CONFIG_H
 
 #include <stddef.h>
+#include "celeriac.h"
 #include "tasks/builtin.h"
 
 /* A list setting (queues, aliases, plugins). */
@@ -73,7 +74,8 @@ char *config_expand_hostname(const char *pattern);
 /* Parses a Celery rate limit ("10/s", "100/m", "1000/h", "5"): tasks per
  * second, 0 for none, negative when malformed. */
 double config_parse_rate(const char *text);
-/* Iterates settings as (name, value text) for diagnostics: i from 0 until NULL. */
-const char *config_setting_at(const struct config *c, size_t i, char *value, size_t vlen);
+/* Iterates settings as (name, typed value): *out is caller frees with
+ * celeriac_value_free() (null for unset). NULL past the end. */
+const char *config_setting_value(const struct config *c, size_t i, struct celeriac_value **out);
 
 #endif

@@ -230,25 +230,53 @@ static celeriac_value *cmd_registered(struct worker *w, const celeriac_value *a,
         const struct task_def *d = task_registry_find(w->registry, names[i]);
         struct buf b = {0};
         buf_puts(&b, names[i]);
+        size_t mark = b.len, shown = 0;
         if (celeriac_value_len(items) > 0) {
             buf_puts(&b, " [");
             for (size_t k = 0; k < celeriac_value_len(items); k++) {
                 const char *attr = celeriac_value_string(celeriac_value_at(items, k), NULL);
                 if (!attr)
                     continue;
-                int val = -1;
+                char val[64] = "";
+                struct task_policy *pol = NULL;
+                for (size_t q = 0; q < w->npolicies; q++)
+                    if (strcmp(w->policies[q].name, names[i]) == 0)
+                        pol = &w->policies[q];
                 if (strcmp(attr, "acks_late") == 0)
-                    val = (d->flags & CELERIAC_TASK_ACKS_LATE) || w->cfg->task_acks_late;
+                    snprintf(val, sizeof val, "%s",
+                             (d->flags & CELERIAC_TASK_ACKS_LATE) || w->cfg->task_acks_late
+                                 ? "True" : "False");
                 else if (strcmp(attr, "ignore_result") == 0)
-                    val = (d->flags & CELERIAC_TASK_IGNORE_RESULT) || w->cfg->task_ignore_result;
+                    snprintf(val, sizeof val, "%s",
+                             (d->flags & CELERIAC_TASK_IGNORE_RESULT) || w->cfg->task_ignore_result
+                                 ? "True" : "False");
                 else if (strcmp(attr, "track_started") == 0)
-                    val = (d->flags & CELERIAC_TASK_TRACK_STARTED) || w->cfg->task_track_started;
-                if (val >= 0)
-                    buf_printf(&b, "%s%s=%s", k ? " " : "", attr, val ? "True" : "False");
-                else
-                    buf_printf(&b, "%s%s=None", k ? " " : "", attr);
+                    snprintf(val, sizeof val, "%s",
+                             (d->flags & CELERIAC_TASK_TRACK_STARTED) || w->cfg->task_track_started
+                                 ? "True" : "False");
+                else if (strcmp(attr, "max_retries") == 0)
+                    snprintf(val, sizeof val, "3"); /* Celery's Task.max_retries */
+                else if (strcmp(attr, "rate_limit") == 0 && pol && pol->rate > 0)
+                    snprintf(val, sizeof val, "%g/s", pol->rate);
+                else if (strcmp(attr, "time_limit") == 0 && (pol && pol->hard > 0))
+                    snprintf(val, sizeof val, "%g", pol->hard);
+                else if (strcmp(attr, "time_limit") == 0 && w->cfg->time_limit > 0)
+                    snprintf(val, sizeof val, "%g", w->cfg->time_limit);
+                else if (strcmp(attr, "soft_time_limit") == 0 && (pol && pol->soft > 0))
+                    snprintf(val, sizeof val, "%g", pol->soft);
+                else if (strcmp(attr, "soft_time_limit") == 0 && w->cfg->soft_time_limit > 0)
+                    snprintf(val, sizeof val, "%g", w->cfg->soft_time_limit);
+                /* Celery leaves out attributes whose value is None. */
+                if (val[0]) {
+                    buf_printf(&b, "%s%s=%s", shown ? " " : "", attr, val);
+                    shown++;
+                }
             }
             buf_puts(&b, "]");
+            if (!shown) { /* nothing to show: the bare name */
+                b.len = mark;
+                b.p[mark] = 0;
+            }
         }
         celeriac_value_append(list, celeriac_value_new_string(b.p));
         buf_free(&b);
@@ -300,16 +328,17 @@ static celeriac_value *cmd_active_queues(struct worker *w, const celeriac_value 
 static celeriac_value *cmd_conf(struct worker *w, const celeriac_value *a, int *nr)
 {
     celeriac_value *v = celeriac_value_new_object();
-    char value[4096];
     const char *name;
-    for (size_t i = 0; (name = config_setting_at(w->cfg, i, value, sizeof value)); i++) {
-        if (strcmp(name, "broker_url") == 0 || strcmp(name, "result_backend") == 0) {
+    celeriac_value *item;
+    for (size_t i = 0; (name = config_setting_value(w->cfg, i, &item)); i++) {
+        const char *text = celeriac_value_string(item, NULL);
+        if (text && (strcmp(name, "broker_url") == 0 || strcmp(name, "result_backend") == 0)) {
             char red[4096];
-            url_redact(value, red, sizeof red);
-            celeriac_value_set(v, name, celeriac_value_new_string(red));
-        } else {
-            celeriac_value_set(v, name, celeriac_value_new_string(value));
+            url_redact(text, red, sizeof red);
+            celeriac_value_free(item);
+            item = celeriac_value_new_string(red);
         }
+        celeriac_value_set(v, name, item);
     }
     return v;
 }

@@ -1005,6 +1005,9 @@ static void begin_cold_stop(struct worker *w, int force)
     }
     log_warning("worker: Cold shutdown (terminating %zu running task(s))", w->nactive);
     set_state(w, W_COLD_STOP);
+    /* Messages handed back below can be taken by our own outstanding BRPOP:
+     * stop_finished() waits for it, and loop_once() returns what it brings. */
+    w->stop_deadline = util_monotonic() + WARM_FETCH_GRACE;
     return_reserved(w);
     pool_kill(&w->pool, SIGKILL);
     /* acks_late messages of killed tasks go back to the queue; early-acked ones
@@ -1131,16 +1134,8 @@ static int loop_once(struct worker *w)
                 on_message(w, &d);
             } else {
                 /* Arrived while stopping: record it and put it straight back. */
-                struct job *j = NULL;
                 on_message(w, &d);
-                while ((j = ready_pop(w)) || (j = w->scheduled)) {
-                    if (j == w->scheduled) {
-                        w->scheduled = j->next;
-                        w->nscheduled--;
-                    }
-                    job_restore(w, j);
-                    job_free(j);
-                }
+                return_reserved(w);
             }
         } else if (rc < 0) {
             free(d.body);
@@ -1169,7 +1164,7 @@ flush:
 static int stop_finished(struct worker *w)
 {
     if (w->state == W_COLD_STOP)
-        return 1;
+        return w->broker->ops->fetch_fd(w->broker) < 0 || util_monotonic() >= w->stop_deadline;
     if (w->state != W_WARM_STOP || w->nactive > 0 || !w->returned)
         return 0;
     if (w->broker->ops->fetch_fd(w->broker) >= 0 && util_monotonic() < w->stop_deadline)

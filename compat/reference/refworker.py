@@ -69,9 +69,10 @@ def crash():
 
 
 @app.task(name="examples.progress", bind=True)
-def progress(self, steps):
-    for i in range(int(steps)):
+def progress(self, steps=5, delay=0):
+    for i in range(1, int(steps) + 1):
+        if delay:
+            time.sleep(float(delay))
         self.update_state(state="PROCESSING",
-                          meta={"progress": (i * 100) // int(steps), "message": f"step {i + 1}"})
-        time.sleep(0.1)
-    return steps
+                          meta={"progress": (i * 100) // int(steps), "message": f"step {i} of {steps}"})
+    return "done"

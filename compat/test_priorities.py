@@ -1,0 +1,42 @@
+"""Redis priorities: kombu's priority sub-queues, lower numbers served first."""
+import uuid
+from datetime import datetime
+
+from helpers import raw_meta
+
+
+def test_priority_order(make_worker, shared_redis, celery_app):
+    """Fill the queue with priority 9 then priority 0 messages while no worker runs;
+    a -c 1 --prefetch-multiplier 1 worker must run every 0 before any 9."""
+    q = f"prio-{uuid.uuid4().hex[:8]}"
+    low = [celery_app.send_task("examples.echo", args=["p9", i], queue=q, priority=9)
+           for i in range(8)]
+    mid = [celery_app.send_task("examples.echo", args=["p5", i], queue=q, priority=5)
+           for i in range(4)]
+    high = [celery_app.send_task("examples.echo", args=["p0", i], queue=q, priority=0)
+            for i in range(8)]
+    broker = shared_redis.client(0)
+    assert broker.llen(q) == 8 and broker.llen(f"{q}\x06\x169") == 8
+    assert broker.llen(f"{q}\x06\x163") == 4
+    make_worker(shared_redis, queues=[q], concurrency=1,
+                extra=["--prefetch-multiplier", "1"])
+    for r in high + mid + low:
+        r.get(timeout=30)
+
+    def done(r):
+        return datetime.fromisoformat(raw_meta(shared_redis, r.id)["date_done"].replace("Z", ""))
+
+    order = sorted(high + mid + low, key=done)
+    labels = [r.result["args"][0] for r in order]
+    assert labels == ["p0"] * 8 + ["p5"] * 4 + ["p9"] * 8, labels
+    # FIFO inside one priority level
+    assert [r.result["args"][1] for r in order[:8]] == list(range(8))
+
+
+def test_multiple_queues(make_worker, shared_redis, celery_app):
+    """-Q a,b consumes both queues."""
+    qa, qb = f"qa-{uuid.uuid4().hex[:6]}", f"qb-{uuid.uuid4().hex[:6]}"
+    make_worker(shared_redis, queues=[qa, qb], concurrency=2)
+    ra = celery_app.send_task("examples.add", args=(1, 2), queue=qa)
+    rb = celery_app.send_task("examples.add", args=(3, 4), queue=qb, priority=6)
+    assert ra.get(timeout=15) == 3 and rb.get(timeout=15) == 7

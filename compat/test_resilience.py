@@ -1,0 +1,177 @@
+"""What must survive: crashes, kill -9, redis restarts, garbage on the queue."""
+import base64
+import json
+import os
+import signal
+import uuid
+
+import pytest
+
+from helpers import child_pids, pid_alive, raw_meta, wait_for
+
+
+def _statuses(redis, ids):
+    raw = redis.client(1).mget([f"celery-task-meta-{i}" for i in ids])
+    return [json.loads(v)["status"] if v else None for v in raw]
+
+
+def test_kill9_with_acks_late_redelivers(make_worker, redis_factory, app_factory):
+    """kill -9 of the worker group while acks_late sleeps run: after a restart every task
+    completes, because the unacked messages are restored past the visibility timeout."""
+    redis = redis_factory()
+    app = app_factory(redis)
+    extra = ["--task-acks-late", "--visibility-timeout", "3", "--prefetch-multiplier", "2"]
+    w = make_worker(redis, concurrency=2, extra=extra)
+    results = [app.send_task("examples.sleep", args=(2,)) for _ in range(6)]
+    broker = redis.client(0)
+    # Kill only once all 4 (= -c 2 x prefetch 2) are recorded as unacked: a kill between
+    # BRPOP and the MULTI that records the message loses it, in Python too (§1.6 "Gap").
+    wait_for(lambda: broker.hlen("unacked") == 4 and broker.llen("celery") == 2, 20,
+             "four messages reserved (unacked), two still queued")
+    assert w.kill9(group=True) == -signal.SIGKILL
+    assert broker.hlen("unacked") == 4
+    ids = [r.id for r in results]
+
+    def past_visibility():
+        now = broker.time()
+        now = now[0] + now[1] / 1e6
+        scores = [s for _, s in broker.zrange("unacked_index", 0, -1, withscores=True)]
+        return all(now - s > 3.5 for s in scores)
+
+    wait_for(past_visibility, 15, "unacked messages older than the visibility timeout")
+    w.start()
+    wait_for(lambda: _statuses(redis, ids) == ["SUCCESS"] * len(ids), 60,
+             "every task to succeed after the restart")
+    wait_for(lambda: broker.hlen("unacked") == 0, 20, "unacked hash to empty")
+
+
+def test_killing_main_pid_takes_pool_children(make_worker, redis_factory, app_factory):
+    """kill -9 of only the main process: its pool processes must not live on."""
+    redis = redis_factory()
+    app = app_factory(redis)
+    w = make_worker(redis, concurrency=2)
+    app.send_task("examples.sleep", args=(30,))
+    kids = wait_for(lambda: child_pids(w.pid), 10, "pool processes")
+    w.kill9(group=False)
+    wait_for(lambda: not any(pid_alive(k) for k in kids), 10,
+             f"pool processes {kids} to exit after the main process died")
+
+
+def test_warm_shutdown_finishes_running_task(make_worker, redis_factory, app_factory):
+    """SIGTERM while a task runs: the task completes, then the worker exits 0."""
+    redis = redis_factory()
+    app = app_factory(redis)
+    w = make_worker(redis, concurrency=1, extra=["--task-track-started"])
+    r = app.send_task("examples.sleep", args=(2,))
+    wait_for(lambda: r.state == "STARTED", 15, "task STARTED")
+    w.proc.send_signal(signal.SIGTERM)
+    assert w.proc.wait(30) == 0
+    assert r.state == "SUCCESS"
+
+
+def test_redis_restart_mid_run_loses_nothing(make_worker, redis_factory, app_factory):
+    """Persistent redis restarted while tasks run: every result still arrives."""
+    redis = redis_factory(persistent=True)
+    app = app_factory(redis)
+    w = make_worker(redis, concurrency=2, extra=["--visibility-timeout", "10"])
+    n = 30
+    results = [app.send_task("examples.sleep", args=(0.3,)) for _ in range(n)]
+    ids = [r.id for r in results]
+    wait_for(lambda: _statuses(redis, ids).count("SUCCESS") >= 3, 30, "first results")
+    redis.restart()
+    wait_for(lambda: _statuses(redis, ids) == ["SUCCESS"] * n, 120,
+             "all results after the redis restart")
+    assert w.alive
+    # and the worker is consuming again (new work after the restart)
+    assert app.send_task("examples.add", args=(1, 1)).get(timeout=30) == 2
+
+
+def test_redis_restart_while_idle(make_worker, redis_factory, app_factory):
+    """Redis restarted while the worker idles: the worker reconnects by itself."""
+    redis = redis_factory(persistent=True)
+    app = app_factory(redis)
+    w = make_worker(redis, concurrency=1)
+    redis.restart()
+    assert app.send_task("examples.add", args=(2, 2)).get(timeout=60) == 4
+    assert w.alive
+
+
+def _envelope(body, headers, content_type="application/json", encoding="utf-8",
+              body_encoding="base64", queue="celery"):
+    tag = str(uuid.uuid4())
+    props = {"correlation_id": headers.get("id") if isinstance(headers, dict) else None,
+             "reply_to": str(uuid.uuid4()), "delivery_mode": 2,
+             "delivery_info": {"exchange": "", "routing_key": queue}, "priority": 0,
+             "delivery_tag": tag}
+    if body_encoding:
+        props["body_encoding"] = body_encoding
+    return json.dumps({"body": body, "content-encoding": encoding, "content-type": content_type,
+                       "headers": headers, "properties": props})
+
+
+def _headers(task, task_id, **extra):
+    h = {"lang": "py", "task": task, "id": task_id, "shadow": None, "eta": None, "expires": None,
+         "group": None, "group_index": None, "retries": 0, "timelimit": [None, None],
+         "root_id": task_id, "parent_id": None, "argsrepr": "()", "kwargsrepr": "{}",
+         "origin": "gen1@test", "ignore_result": False}
+    h.update(extra)
+    return h
+
+
+def _b64(obj):
+    raw = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
+    return base64.b64encode(raw).decode()
+
+
+@pytest.mark.celeriac_only
+def test_malformed_messages_do_not_kill_worker(make_worker, redis_factory, app_factory):
+    redis = redis_factory()
+    app = app_factory(redis)
+    w = make_worker(redis, concurrency=2)
+    broker = redis.client(0)
+    weird_id = str(uuid.uuid4())
+    notlist_id = str(uuid.uuid4())
+    nested_id = str(uuid.uuid4())
+    garbage = [
+        b"not json at all",
+        b"",
+        b"null",
+        b"[1, 2, 3]",
+        b'"just a string"',
+        b"{\"body\": ",  # truncated
+        json.dumps({"foo": 1}).encode(),  # JSON without headers/body
+        json.dumps({"body": "x", "headers": "not a dict", "properties": []}).encode(),
+        _envelope("!!!not base64!!!", _headers("examples.add", str(uuid.uuid4()))).encode(),
+        _envelope(_b64(b"\xff\xfe not utf-8 \x80"), _headers("examples.add",
+                                                            str(uuid.uuid4()))).encode(),
+        _envelope(_b64([[1, 2], {}, {}]), _headers(12345, str(uuid.uuid4()))).encode(),
+        _envelope(_b64([[1, 2], {}, {}]), {"task": "examples.add"}).encode(),  # no id
+        _envelope(_b64({"x": 1}), _headers("examples.add", notlist_id)).encode(),
+        _envelope(_b64(b"[" * 200000 + b"]" * 200000), _headers("examples.echo",
+                                                                 nested_id)).encode(),
+        b"[" * 500000,
+        os.urandom(5 * 1024 * 1024),
+        _envelope(_b64([[1, 2], {}, {}]), _headers("examples.add", weird_id),
+                  content_type="application/x-weird").encode(),
+        _envelope(_b64([[1, 2], {}, {}]), _headers("examples.add", str(uuid.uuid4())),
+                  body_encoding="rot13").encode(),
+        _envelope(_b64([[1, 2], {}, {}]), _headers("examples.add", str(uuid.uuid4()),
+                                                   compression="application/x-gzip")).encode(),
+        _envelope(_b64([[1, 2], {}, {}]), _headers("examples.add", str(uuid.uuid4()),
+                                                   timelimit="soon", eta="not a date")).encode(),
+    ]
+    for item in garbage:
+        broker.lpush("celery", item)
+    ok = app.send_task("examples.add", args=(20, 22))
+    assert ok.get(timeout=60) == 42
+    assert w.alive, "worker died on malformed input"
+    # A message whose id is known but whose content type is unknown: FAILURE stored.
+    wait_for(lambda: raw_meta(redis, weird_id), 20, "FAILURE for the unknown content type")
+    meta = raw_meta(redis, weird_id)
+    assert meta["status"] == "FAILURE"
+    assert meta["result"]["exc_type"] == "ContentDisallowed", meta
+    wait_for(lambda: broker.llen("celery") == 0, 20, "queue drained")
+    # Still healthy after all that.
+    assert app.send_task("examples.echo", args=["still here"]).get(timeout=30) == \
+        {"args": ["still here"], "kwargs": {}}
+    assert w.alive

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# run-tests.sh - README command #2, the one test command.
+#
+# Installs missing Debian packages (root only), builds build/ with warnings as
+# errors, runs the unit tests (ctest) and the compat suite (real Celery 5.2 clients
+# against the real worker). With --sanitize or CELERIAC_SANITIZE=1 it then builds
+# build-asan/ with ASan+UBSan and runs both again against that binary.
+# Exit status is non-zero if any step fails; every step still runs.
+#
+# Environment: JOBS (default 2), PYTEST_ARGS (extra pytest arguments, e.g. "-x -k cli"),
+# CELERIAC_BUILD_DIR / CELERIAC_ASAN_BUILD_DIR (default build/ and build-asan/).
+set -uo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo" || exit 1
+jobs=${JOBS:-2}
+sanitize=${CELERIAC_SANITIZE:-0}
+for arg in "$@"; do
+    case "$arg" in
+        --sanitize) sanitize=1 ;;
+        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        *) echo "run-tests.sh: unknown argument '$arg' (try --help)" >&2; exit 64 ;;
+    esac
+done
+
+# shellcheck source=compat/deps.sh
+. "$repo/compat/deps.sh"
+celeriac_install_deps || exit 1
+
+failures=()
+step() { # step NAME COMMAND...: runs, records failure, never stops the script
+    local name=$1; shift
+    echo "==> $name"
+    local t0=$SECONDS
+    if "$@"; then
+        echo "==> $name: ok ($((SECONDS - t0))s)"
+    else
+        echo "==> $name: FAILED ($((SECONDS - t0))s)"
+        failures+=("$name")
+        return 1
+    fi
+}
+
+pytest_timeout=()
+if /usr/bin/python3 -c 'import pytest_timeout' 2>/dev/null; then
+    pytest_timeout=(--timeout=300)
+fi
+
+# suite NAME BUILD_DIR [cmake options...]: build, ctest, compat against that build.
+suite() {
+    local name=$1 dir=$2; shift 2
+    step "$name: configure" cmake -S "$repo" -B "$dir" -DCELERIAC_WERROR=ON "$@" || return
+    step "$name: build" cmake --build "$dir" -j"$jobs" || return
+    step "$name: unit tests" ctest --test-dir "$dir" --output-on-failure -j"$jobs"
+    # shellcheck disable=SC2086
+    step "$name: compat (real Celery)" env \
+        CELERIAC_BIN="$dir/celeriac" CELERIAC_EXAMPLES="$dir/examples.so" \
+        /usr/bin/python3 -m pytest compat -q "${pytest_timeout[@]}" ${PYTEST_ARGS:-}
+}
+
+suite plain "${CELERIAC_BUILD_DIR:-$repo/build}"
+
+if [ "$sanitize" = 1 ]; then
+    # detect_leaks: the main process is leak-checked at exit. Pool children leave
+    # with _exit(), which skips the leak check, so fork+exit children are fine.
+    # Clang's and GCC's ASan both honour these.
+    # (strict_string_checks makes every strchr() scan the whole string: quadratic on
+    # large documents, so it is left off.)
+    export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:halt_on_error=1"
+    export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+    suite asan "${CELERIAC_ASAN_BUILD_DIR:-$repo/build-asan}" -DCELERIAC_ASAN=ON -DCELERIAC_UBSAN=ON \
+        -DCMAKE_BUILD_TYPE=Debug
+fi
+
+if [ ${#failures[@]} -ne 0 ]; then
+    echo "run-tests.sh: FAILED: ${failures[*]}" >&2
+    exit 1
+fi
+echo "run-tests.sh: all passed"
