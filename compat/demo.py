@@ -46,7 +46,7 @@ def start_worker(binary, redis, workdir):
     log = workdir / "celeriac.log"
     cmd = [binary, "worker", "-b", redis.url(0), "--result-backend", redis.url(1),
            "-c", "2", "-n", "demo@%h", "-l", "info", "--logfile", str(log),
-           "--task-track-started"]
+           "--task-track-started", "--progress-interval", "0"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_")}
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=open(workdir / "celeriac.stderr", "wb"), env=env,

@@ -11,6 +11,8 @@ struct broker_delivery {
     char *body;       /* owned: the raw envelope (kombu JSON on Redis), NUL-terminated */
     size_t len;
     char queue[256];  /* queue name without any priority suffix */
+    int reserved;     /* fetch_batch recorded it as unacknowledged under tag */
+    char tag[128];    /* the delivery tag it was reserved under */
 };
 
 /* What the broker needs to remember about a reserved message. */
@@ -41,6 +43,15 @@ struct broker_ops {
     /* Completes a fetch when fetch_fd is readable: 1 = message in *out (caller
      * frees out->body), 0 = none yet (timeout or partial read), negative on error. */
     int (*fetch_read)(struct broker *b, struct broker_delivery *out);
+    /* Takes up to n_free + n_reserve waiting messages at once, in the order
+     * BRPOP would serve them, without blocking. The first n_free are not
+     * recorded as unacknowledged (the caller hands them to a process at once
+     * with an early ack); the others are, atomically with the pop. Fills
+     * out[0..*count) (caller frees each body). */
+    int (*fetch_batch)(struct broker *b, size_t n_free, size_t n_reserve,
+                       struct broker_delivery *out, size_t *count);
+    /* Acknowledges several messages in one round trip. Borrowed tags. */
+    int (*ack_many)(struct broker *b, const char **delivery_tags, size_t n);
     /* Records a delivered message as unacknowledged (Celery's QoS). */
     int (*reserve)(struct broker *b, const struct broker_reservation *r, const char *body,
                    size_t len);

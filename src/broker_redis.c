@@ -35,6 +35,7 @@ struct broker_redis {
     char **patterns;           /* owned: PSUBSCRIBE patterns, re-sent on reconnect */
     size_t npatterns;
     int pub_pending;           /* commands appended on pub, replies not read */
+    char fetch_sha[41];        /* SHA1 of fetch_script */
 };
 
 static void set_err(struct broker_redis *r, int err, const char *s)
@@ -59,6 +60,57 @@ static void priority_key(const char *queue, int priority, char *buf, size_t len)
     else
         snprintf(buf, len, "%s", queue);
 }
+
+/* Pops up to n_free + n_reserve messages across the priority keys in BRPOP
+ * order; the reserved ones go into unacked/unacked_index in the same atomic
+ * step (so no crash between pop and reserve can lose them). The hash value is
+ * kombu's [envelope, exchange, routing_key] with the default exchange and the
+ * queue name, which routes a restore to the same queue. The delivery tag is
+ * the last "delivery_tag" key (kombu writes properties last), found by plain
+ * search from the tail (a Lua pattern over a large envelope costs Redis
+ * ~0.1 ms); the caller checks it against the decoded message. */
+static const char fetch_script[] =
+    "local function tag_of(v)\n"
+    "  for _, key in ipairs({'\"delivery_tag\": \"', '\"delivery_tag\":\"'}) do\n"
+    "    local last = nil\n"
+    "    for _, from in ipairs({math.max(1, #v - 1024), 1}) do\n"
+    "      while not last or from > 1 do\n"
+    "        local s, e = string.find(v, key, from, true)\n"
+    "        if not s then break end\n"
+    "        last, from = e, e + 1\n"
+    "      end\n"
+    "      if last then break end\n"
+    "    end\n"
+    "    if last then\n"
+    "      local q = string.find(v, '\"', last + 1, true)\n"
+    "      if q then return string.sub(v, last + 1, q - 1) end\n"
+    "    end\n"
+    "  end\n"
+    "  return ''\n"
+    "end\n"
+    "local nfree, nres, now = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]\n"
+    "local out, z, h = {}, {}, {}\n"
+    "for i = 3, #KEYS do\n"
+    "  while nfree + nres > 0 do\n"
+    "    local v = redis.call('RPOP', KEYS[i])\n"
+    "    if not v then break end\n"
+    "    local tag = ''\n"
+    "    if nfree > 0 then nfree = nfree - 1 else\n"
+    "      tag = tag_of(v)\n"
+    "      if tag ~= '' then\n"
+    "        nres = nres - 1\n"
+    "        z[#z + 1] = now; z[#z + 1] = tag\n"
+    "        h[#h + 1] = tag; h[#h + 1] = '[' .. v .. ', \"\", ' .. ARGV[i + 1] .. ']'\n"
+    "      end\n"
+    "    end\n"
+    "    out[#out + 1] = KEYS[i]; out[#out + 1] = v; out[#out + 1] = tag\n"
+    "  end\n"
+    "end\n"
+    "if #z > 0 then\n"
+    "  redis.call('ZADD', KEYS[2], unpack(z))\n"
+    "  redis.call('HSET', KEYS[1], unpack(h))\n"
+    "end\n"
+    "return out\n";
 
 static int declare_bindings(struct broker_redis *r)
 {
@@ -110,6 +162,15 @@ static int redis_connect(struct broker *b)
         redis_disconnect(b);
         return rc;
     }
+    redisReply *sha = redis_conn_cmdf(&r->cmd, "SCRIPT LOAD %s", fetch_script);
+    if (!sha) {
+        set_err(r, CELERIAC_ECONN, r->cmd.errstr);
+        redis_disconnect(b);
+        return CELERIAC_ECONN;
+    }
+    if (sha->type == REDIS_REPLY_STRING && sha->len == 40)
+        memcpy(r->fetch_sha, sha->str, 41);
+    freeReplyObject(sha);
     return declare_bindings(r);
 }
 
@@ -367,6 +428,135 @@ out:
     free(rk);
     buf_free(&v);
     return rc;
+}
+
+static int redis_fetch_batch(struct broker *b, size_t n_free, size_t n_reserve,
+                             struct broker_delivery *out, size_t *count)
+{
+    struct broker_redis *r = (struct broker_redis *)b;
+    *count = 0;
+    if (!r->cmd.ctx) {
+        set_err(r, CELERIAC_ECONN, "not connected");
+        return CELERIAC_ECONN;
+    }
+    size_t nkeys = r->nqueues * NSTEPS;
+    size_t argc = 3 + 2 + nkeys + 3 + nkeys;
+    const char **argv = calloc(argc, sizeof *argv);
+    char (*keys)[256] = calloc(nkeys ? nkeys : 1, sizeof *keys);
+    char **qjson = calloc(nkeys ? nkeys : 1, sizeof *qjson);
+    int rc = CELERIAC_ENOMEM;
+    redisReply *rep = NULL;
+    if (!argv || !keys || !qjson)
+        goto out;
+    char nkeys_s[24], nf[24], nr[24], now[40];
+    snprintf(nkeys_s, sizeof nkeys_s, "%zu", nkeys + 2);
+    snprintf(nf, sizeof nf, "%zu", n_free);
+    snprintf(nr, sizeof nr, "%zu", n_reserve);
+    snprintf(now, sizeof now, "%.6f", util_now());
+    size_t k = 0;
+    argv[k++] = "EVALSHA";
+    argv[k++] = r->fetch_sha;
+    argv[k++] = nkeys_s;
+    argv[k++] = UNACKED;
+    argv[k++] = UNACKED_INDEX;
+    for (size_t st = 0; st < NSTEPS; st++)
+        for (size_t q = 0; q < r->nqueues; q++) {
+            char *key = keys[st * r->nqueues + q];
+            priority_key(r->queues[q], priority_steps[st], key, 256);
+            argv[k++] = key;
+        }
+    argv[k++] = nf;
+    argv[k++] = nr;
+    argv[k++] = now;
+    for (size_t st = 0; st < NSTEPS; st++)
+        for (size_t q = 0; q < r->nqueues; q++) {
+            if (!(qjson[st * r->nqueues + q] = json_string(r->queues[q])))
+                goto out;
+            argv[k++] = qjson[st * r->nqueues + q];
+        }
+    rep = redis_conn_cmd(&r->cmd, (int)k, argv, NULL);
+    if (rep && rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "NOSCRIPT", 8) == 0) {
+        freeReplyObject(rep);
+        argv[0] = "EVAL";
+        argv[1] = fetch_script;
+        rep = redis_conn_cmd(&r->cmd, (int)k, argv, NULL);
+    }
+    if (!rep) {
+        set_err(r, CELERIAC_ECONN, r->cmd.errstr);
+        rc = CELERIAC_ECONN;
+        goto out;
+    }
+    if (rep->type != REDIS_REPLY_ARRAY) {
+        set_err(r, CELERIAC_EPROTO, rep->type == REDIS_REPLY_ERROR ? rep->str : "fetch script");
+        rc = CELERIAC_EPROTO;
+        goto out;
+    }
+    rc = 0;
+    for (size_t i = 0; i + 2 < rep->elements; i += 3) {
+        struct broker_delivery *d = &out[*count];
+        const redisReply *key = rep->element[i], *val = rep->element[i + 1],
+                         *tag = rep->element[i + 2];
+        memset(d, 0, sizeof *d);
+        size_t qlen = key->len;
+        for (size_t c = 0; c + 1 < key->len; c++)
+            if (key->str[c] == SEP[0] && key->str[c + 1] == SEP[1])
+                qlen = c;
+        if (qlen >= sizeof d->queue)
+            qlen = sizeof d->queue - 1;
+        memcpy(d->queue, key->str, qlen);
+        d->queue[qlen] = 0;
+        if (!(d->body = malloc(val->len + 1))) {
+            rc = CELERIAC_ENOMEM; /* the rest stays in unacked and is restored later */
+            break;
+        }
+        memcpy(d->body, val->str, val->len);
+        d->body[val->len] = 0;
+        d->len = val->len;
+        d->reserved = tag->len > 0;
+        snprintf(d->tag, sizeof d->tag, "%.*s", (int)tag->len, tag->str);
+        (*count)++;
+    }
+    /* Round-robin between queues, as BRPOP deliveries rotate them. */
+    if (*count && r->nqueues > 1)
+        for (size_t q = 0; q < r->nqueues; q++)
+            if (strcmp(r->queues[q], out[*count - 1].queue) == 0) {
+                rotate(r, q);
+                break;
+            }
+out:
+    if (rep)
+        freeReplyObject(rep);
+    for (size_t i = 0; qjson && i < nkeys; i++)
+        free(qjson[i]);
+    free(qjson);
+    free(keys);
+    free(argv);
+    return rc;
+}
+
+static int redis_ack_many(struct broker *b, const char **tags, size_t n)
+{
+    struct broker_redis *r = (struct broker_redis *)b;
+    if (n == 0)
+        return 0;
+    const char **argv = calloc(n + 2, sizeof *argv);
+    if (!argv)
+        return CELERIAC_ENOMEM;
+    const char *multi[1] = {"MULTI"}, *exec[1] = {"EXEC"};
+    int rc = append(r, 1, multi, NULL);
+    argv[0] = "ZREM";
+    argv[1] = UNACKED_INDEX;
+    memcpy(argv + 2, tags, n * sizeof *tags);
+    if (rc == 0)
+        rc = append(r, (int)n + 2, argv, NULL);
+    argv[0] = "HDEL";
+    argv[1] = UNACKED;
+    if (rc == 0)
+        rc = append(r, (int)n + 2, argv, NULL);
+    if (rc == 0)
+        rc = append(r, 1, exec, NULL);
+    free(argv);
+    return rc < 0 ? rc : run_pipeline(r, 4, "ack");
 }
 
 static int redis_ack(struct broker *b, const char *tag)
@@ -889,6 +1079,8 @@ static const struct broker_ops redis_ops = {
     .fetch_start = redis_fetch_start,
     .fetch_fd = redis_fetch_fd,
     .fetch_read = redis_fetch_read,
+    .fetch_batch = redis_fetch_batch,
+    .ack_many = redis_ack_many,
     .reserve = redis_reserve,
     .ack = redis_ack,
     .reject = redis_reject,

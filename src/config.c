@@ -106,6 +106,8 @@ static const struct option_def options[] = {
      "Replace a pool process whose resident memory exceeds this many KiB (0 = never)"},
     {"worker_autoscale", "autoscale", 0, OPT_STR, F(autoscale), NULL, 0, 0, NULL,
      "MAX,MIN: grow the pool up to MAX processes under load, shrink to MIN when idle"},
+    {"progress_interval", "progress-interval", 0, OPT_DOUBLE, F(progress_interval), "0.05", 0,
+     3600, NULL, "Minimum seconds between two stored PROCESSING updates of a task (first always)"},
     {"heartbeat_interval", "heartbeat-interval", 0, OPT_DOUBLE, F(heartbeat_interval), "2.0",
      0.1, 3600, NULL, "Seconds between worker-heartbeat events"},
     {"without_heartbeat", "without-heartbeat", 0, OPT_BOOL, F(without_heartbeat), "false", 0, 0,

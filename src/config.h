@@ -51,6 +51,7 @@ struct config {
     long max_memory_per_child;    /* replace a pool process above N KiB resident; 0 = never */
     char *autoscale;              /* "MAX,MIN" or NULL */
     long autoscale_max, autoscale_min; /* parsed from autoscale; 0 = off */
+    double progress_interval;     /* minimum seconds between stored progress updates */
     double heartbeat_interval;    /* worker-heartbeat period, seconds */
     int without_heartbeat;        /* send no worker-heartbeat */
     char *statedb;                /* revoked ids persisted here (-S) */

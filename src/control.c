@@ -181,7 +181,7 @@ static celeriac_value *cmd_reserved(struct worker *w, const celeriac_value *a, i
 {
     int safe = arg_bool(a, "safe");
     celeriac_value *list = celeriac_value_new_array();
-    for (const struct job *j = w->ready_head; j; j = j->next)
+    for (struct job *j = w->ready_head; j; j = j->next)
         celeriac_value_append(list, worker_request_info(w, j, safe));
     return list;
 }
@@ -189,7 +189,7 @@ static celeriac_value *cmd_reserved(struct worker *w, const celeriac_value *a, i
 static celeriac_value *cmd_scheduled(struct worker *w, const celeriac_value *a, int *nr)
 {
     celeriac_value *list = celeriac_value_new_array();
-    for (const struct job *j = w->scheduled; j; j = j->next) {
+    for (struct job *j = w->scheduled; j; j = j->next) {
         celeriac_value *e = celeriac_value_new_object();
         char eta[40];
         util_iso8601_format_tz(j->msg.eta, eta, sizeof eta);
@@ -257,7 +257,7 @@ static celeriac_value *cmd_registered(struct worker *w, const celeriac_value *a,
                 else if (strcmp(attr, "max_retries") == 0)
                     snprintf(val, sizeof val, "3"); /* Celery's Task.max_retries */
                 else if (strcmp(attr, "rate_limit") == 0 && pol && pol->rate > 0)
-                    snprintf(val, sizeof val, "%g/s", pol->rate);
+                    snprintf(val, sizeof val, "%s", pol->rate_text);
                 else if (strcmp(attr, "time_limit") == 0 && (pol && pol->hard > 0))
                     snprintf(val, sizeof val, "%g", pol->hard);
                 else if (strcmp(attr, "time_limit") == 0 && w->cfg->time_limit > 0)
@@ -357,7 +357,7 @@ static celeriac_value *cmd_query_task(struct worker *w, const celeriac_value *a,
     if (celeriac_value_type(ids) == CELERIAC_NULL)
         ids = celeriac_value_get(a, "id");
     celeriac_value *out = celeriac_value_new_object();
-    const struct job *all[3] = {w->ready_head, w->scheduled, NULL};
+    struct job *all[3] = {w->ready_head, w->scheduled, NULL};
     size_t nids = celeriac_value_type(ids) == CELERIAC_ARRAY ? celeriac_value_len(ids) : 1;
     for (size_t k = 0; k < nids; k++) {
         const char *id = celeriac_value_type(ids) == CELERIAC_ARRAY
@@ -365,14 +365,14 @@ static celeriac_value *cmd_query_task(struct worker *w, const celeriac_value *a,
                              : celeriac_value_string(ids, NULL);
         if (!id)
             continue;
-        const struct job *found = NULL;
+        struct job *found = NULL;
         for (size_t i = 0; i < w->pool.n && !found; i++) {
-            const struct job *j = w->pool.children[i].job;
+            struct job *j = w->pool.children[i].job;
             if (j && j->msg.id && strcmp(j->msg.id, id) == 0)
                 found = j;
         }
         for (size_t l = 0; l < 2 && !found; l++)
-            for (const struct job *j = all[l]; j && !found; j = j->next)
+            for (struct job *j = all[l]; j && !found; j = j->next)
                 if (j->msg.id && strcmp(j->msg.id, id) == 0)
                     found = j;
         if (!found)
@@ -534,6 +534,10 @@ static celeriac_value *cmd_rate_limit(struct worker *w, const celeriac_value *a,
         return nok("out of memory");
     p->rate = rate;
     p->tokens = 1;
+    if (celeriac_value_string(rv, NULL))
+        snprintf(p->rate_text, sizeof p->rate_text, "%s", celeriac_value_string(rv, NULL));
+    else
+        snprintf(p->rate_text, sizeof p->rate_text, "%g", rate);
     if (rate <= 0) {
         log_info("Rate limits disabled for tasks of type %s", task);
         return ok("rate limit disabled successfully");

@@ -234,8 +234,27 @@ static char *vformat(const char *fmt, va_list ap)
     return s;
 }
 
+/* Progress throttle: the first PROCESSING of a task is always stored, later
+ * ones at most every progress_interval seconds (a 2 ms document needs no six
+ * backend writes; a 2 minute one still reports every stage). */
+static double progress_interval = 0.05;
+static double last_progress;
+
+void task_context_set_progress_interval(double seconds)
+{
+    progress_interval = seconds < 0 ? 0 : seconds;
+}
+
 int celeriac_task_progress(celeriac_task *t, int percent, const char *fmt, ...)
 {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    double now = (double)ts.tv_sec + ts.tv_nsec / 1e9;
+    if (t && t->progress_sent && now - last_progress < progress_interval)
+        return 0;
+    if (t)
+        t->progress_sent = 1;
+    last_progress = now;
     int rc = CELERIAC_ENOMEM;
     char *text = NULL;
     celeriac_value *meta = celeriac_value_new_object();

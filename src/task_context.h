@@ -25,6 +25,7 @@ struct celeriac_task {
     char exc_type[128];
     char exc_module[128];
     char *exc_message;             /* owned */
+    int progress_sent;             /* a PROCESSING state was stored (throttle) */
     int retry;                     /* set by celeriac_task_retry (failed is set too) */
     double retry_countdown;        /* seconds; < 0 = Celery's default_retry_delay */
     int retry_max;                 /* max_retries; < 0 = Celery's default (3) */
@@ -43,6 +44,9 @@ celeriac_value *task_context_take_result(celeriac_task *t);
  * exception names, else "celeriac.exceptions". Static string. */
 const char *task_context_exc_module(const char *exc_type);
 
+/* Minimum seconds between two stored progress updates of one task (the
+ * first is always stored). */
+void task_context_set_progress_interval(double seconds);
 /* SIGUSR1 handler for pool processes: marks the running task's soft time
  * limit as exceeded. Async-signal-safe. */
 void task_context_soft_limit_signal(int sig);

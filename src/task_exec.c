@@ -171,8 +171,16 @@ static void run_one(struct task_exec *x, int fd, const char *env, size_t len, ui
     const struct task_def *def = rc == 0 ? task_registry_find(x->registry, m.task) : NULL;
     pool_child_write(fd, POOL_STARTED, NULL);
     if (!def) {
-        /* The parent validated the message; this only happens on memory trouble. */
-        out.detail = task_exec_exc_repr("InvalidTaskError", rc < 0 ? err : "task not registered");
+        /* The main process read only the headers: a malformed body shows up
+         * here. Store it as Celery would fail an invalid task, so the caller
+         * does not wait forever. */
+        const char *type = rc == CELERIAC_ECONTENT ? "ContentDisallowed" : "InvalidTaskError";
+        const char *module = rc == CELERIAC_ECONTENT ? "kombu.exceptions" : "celery.exceptions";
+        const char *why = rc < 0 ? err : "task not registered";
+        log_error("discarding task %s: %s", m.id ? m.id : "(no id)", why);
+        if (x->backend && m.id)
+            backend_store_failure(x->backend, m.id, module, type, why, m.parent_id, m.group);
+        out.detail = task_exec_exc_repr(type, why);
         goto done;
     }
     int ignore = (flags & EXEC_IGNORE_RESULT) || m.ignore_result ||
@@ -224,6 +232,7 @@ void task_exec_child_main(int fd, int index, void *ud)
     sa.sa_handler = task_context_soft_limit_signal; /* soft time limit */
     sigemptyset(&sa.sa_mask);
     sigaction(SIGUSR1, &sa, NULL);
+    task_context_set_progress_interval(x->progress_interval);
     if (x->backend_url && *x->backend_url) {
         char err[256];
         x->backend = backend_new(x->backend_url, x->result_expires, x->backend_retry_timeout, err,

@@ -487,6 +487,13 @@ int task_message_decode(const char *envelope, size_t len, const struct task_mess
              out->content_type);
         goto out;
     }
+    if (out->protocol == 2 && lim->headers_only) {
+        /* The main process routes by headers; the pool process decodes the body. */
+        out->body_pending = 1;
+        if (!out->id)
+            fail(&d, CELERIAC_EPARSE, "message has no task id (headers.id, correlation_id)");
+        goto out;
+    }
     body = decode_body(&d, env, props, ser, lim);
     if (d.rc)
         goto out;

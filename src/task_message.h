@@ -12,6 +12,7 @@ struct task_message_limits {
     size_t max_body_bytes;    /* body after base64 and decompression */
     unsigned max_depth;       /* nesting, envelope and body alike */
     size_t max_items;         /* values per decoded document */
+    int headers_only;         /* protocol 2: leave the body undecoded (body_pending set) */
 };
 
 extern const struct task_message_limits task_message_limits_default;
@@ -47,6 +48,7 @@ struct task_message {
     char *exchange;        /* delivery_info.exchange */
     char *routing_key;     /* delivery_info.routing_key */
     int priority;          /* properties.priority, clamped to 0..255 */
+    int body_pending;      /* decoded with headers_only: args/kwargs/embed not read yet */
     /* Decoded values, owned: args ARRAY, kwargs OBJECT, embed OBJECT with
      * callbacks/errbacks/chain/chord (null members when absent), headers the
      * whole headers OBJECT (custom keys included). */

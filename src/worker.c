@@ -69,6 +69,26 @@ static void job_free(struct job *j)
     free(j);
 }
 
+/* Decodes a job's body when the main process needs args or the canvas embed
+ * (inspect, events of protocol 1, failures it decides itself); normally only
+ * the pool process reads bodies. Leaves them NULL if the body is malformed. */
+static void job_body(struct worker *w, struct job *j)
+{
+    if (!j->msg.body_pending)
+        return;
+    struct task_message full = {0};
+    struct task_message_limits lim = w->exec.limits;
+    char err[256];
+    j->msg.body_pending = 0;
+    if (task_message_decode(j->envelope, j->len, &lim, &full, err, sizeof err) == 0) {
+        j->msg.args = full.args;
+        j->msg.kwargs = full.kwargs;
+        j->msg.embed = full.embed;
+        full.args = full.kwargs = full.embed = NULL;
+    }
+    task_message_clear(&full);
+}
+
 static void tag_push(struct tag_list *l, const char *tag)
 {
     if (l->len == l->cap) {
@@ -107,19 +127,42 @@ static void job_ack(struct worker *w, struct job *j)
         return;
     if (w->unacked)
         w->unacked--;
-    const char *tag = j->msg.delivery_tag;
-    if (w->state == W_RECONNECTING || w->broker->ops->ack(w->broker, tag) < 0) {
-        tag_push(&w->pending_acks, tag);
-        if (w->state != W_RECONNECTING)
-            broker_lost(w, "ack");
+    /* Sent with the other acks of this loop iteration (flush_acks). */
+    tag_push(w->state == W_RECONNECTING ? &w->pending_acks : &w->ack_batch, j->msg.delivery_tag);
+}
+
+static void flush_acks(struct worker *w)
+{
+    struct tag_list *b = &w->ack_batch;
+    if (b->len == 0)
+        return;
+    int rc = w->state == W_RECONNECTING
+                 ? CELERIAC_ECONN
+                 : w->broker->ops->ack_many(w->broker, (const char **)b->tags, b->len);
+    for (size_t i = 0; i < b->len; i++) {
+        if (rc < 0)
+            tag_push(&w->pending_acks, b->tags[i]);
+        free(b->tags[i]);
     }
+    b->len = 0;
+    if (rc < 0)
+        broker_lost(w, "ack");
 }
 
 /* Returns a reserved message to the head of its queue (shutdown). */
+static void job_reserve(struct worker *w, struct job *j);
+
 static void job_restore(struct worker *w, struct job *j)
 {
-    if (j->acked || !j->reserved)
+    if (j->acked)
         return;
+    if (!j->reserved)
+        job_reserve(w, j); /* taken without a reservation: record it to hand it back */
+    if (!j->reserved) {
+        log_error("%s[%s] could not be returned to its queue (broker unreachable)",
+                  task_message_display_name(&j->msg), j->msg.id ? j->msg.id : "?");
+        return;
+    }
     j->acked = 1;
     if (w->unacked)
         w->unacked--;
@@ -294,6 +337,25 @@ static void reject_bad_message(struct worker *w, const struct broker_delivery *d
     store_failure_ex(w, m, module, type, err, 0);
 }
 
+/* Records a message as unacknowledged in the broker (kombu's QoS.append). */
+static void job_reserve(struct worker *w, struct job *j)
+{
+    if (j->reserved || j->acked || !j->msg.delivery_tag)
+        return;
+    struct broker_reservation res = {
+        .delivery_tag = j->msg.delivery_tag,
+        .exchange = j->msg.exchange ? j->msg.exchange : "",
+        .routing_key = j->msg.routing_key ? j->msg.routing_key : j->queue,
+        .priority = j->msg.priority};
+    if (w->state != W_RECONNECTING &&
+        w->broker->ops->reserve(w->broker, &res, j->envelope, j->len) == 0) {
+        j->reserved = 1;
+        w->unacked++;
+    } else {
+        broker_lost(w, "reserve");
+    }
+}
+
 static void on_message(struct worker *w, struct broker_delivery *d)
 {
     struct job *j = calloc(1, sizeof *j);
@@ -322,6 +384,7 @@ static void on_message(struct worker *w, struct broker_delivery *d)
                   j->msg.task, j->msg.id, j->msg.task);
         char msg[600];
         snprintf(msg, sizeof msg, "%s", j->msg.task);
+        job_body(w, j);
         store_failure(w, &j->msg, "celery.exceptions", "NotRegistered", msg);
         char *exc = task_exec_exc_repr("NotRegistered", j->msg.task);
         event_failed(w, &j->msg, exc, NULL);
@@ -331,6 +394,7 @@ static void on_message(struct worker *w, struct broker_delivery *d)
     }
     if (revoked_contains(&w->revoked, j->msg.id, util_now())) {
         log_info("Discarding revoked task: %s[%s]", name, j->msg.id);
+        job_body(w, j);
         store_revoked(w, &j->msg, "revoked");
         event_revoked(w, &j->msg, 0, 0, 0);
         job_free(j);
@@ -347,6 +411,7 @@ static void on_message(struct worker *w, struct broker_delivery *d)
                  "giving up",
                  (long long)deliveries, w->cfg->max_redeliveries);
         log_error("Task %s[%s]: %s", name, j->msg.id, msg);
+        job_body(w, j);
         store_failure(w, &j->msg, "celeriac.exceptions", "RedeliveryLimitExceeded", msg);
         char *exc = task_exec_exc_repr("RedeliveryLimitExceeded", msg);
         event_failed(w, &j->msg, exc, NULL);
@@ -356,6 +421,7 @@ static void on_message(struct worker *w, struct broker_delivery *d)
     }
     if (j->msg.expires > 0 && j->msg.expires < util_now()) {
         log_info("Discarding revoked task: %s[%s] (expired)", name, j->msg.id);
+        job_body(w, j);
         store_revoked(w, &j->msg, "expired");
         event_revoked(w, &j->msg, 0, 0, 1);
         job_free(j);
@@ -364,21 +430,27 @@ static void on_message(struct worker *w, struct broker_delivery *d)
     j->acks_late = w->cfg->task_acks_late || (def->flags & CELERIAC_TASK_ACKS_LATE);
     j->flags = (w->cfg->task_track_started ? EXEC_TRACK_STARTED : 0) |
                (w->cfg->task_ignore_result ? EXEC_IGNORE_RESULT : 0);
-    if (j->msg.delivery_tag) {
-        struct broker_reservation res = {
-            .delivery_tag = j->msg.delivery_tag,
-            .exchange = j->msg.exchange ? j->msg.exchange : "",
-            .routing_key = j->msg.routing_key ? j->msg.routing_key : j->queue,
-            .priority = j->msg.priority};
-        if (w->broker->ops->reserve(w->broker, &res, j->envelope, j->len) == 0) {
+    if (d->reserved) {
+        /* Reserved by the batch fetch; the script read the tag with a pattern,
+         * so make sure it is the message's own. */
+        if (j->msg.delivery_tag && strcmp(d->tag, j->msg.delivery_tag) == 0) {
             j->reserved = 1;
             w->unacked++;
         } else {
-            broker_lost(w, "reserve");
+            const char *wrong = d->tag;
+            w->broker->ops->ack_many(w->broker, &wrong, 1);
+            job_reserve(w, j);
         }
+    } else if (j->acks_late || j->msg.eta > util_now()) {
+        job_reserve(w, j);
     }
+    /* Early-ack jobs that find an idle process right away are never written
+     * to unacked (their ack would follow within microseconds, as kombu's
+     * reserve+ack pair would); dispatch() reserves any that have to wait. */
     log_info("Task %s[%s] received", name, j->msg.id);
     if (w->events.task_events) {
+        if (!j->msg.argsrepr || !j->msg.kwargsrepr)
+            job_body(w, j);
         celeriac_value *f = fields_uuid(&j->msg);
         char eta[40], expires[40];
         if (j->msg.eta > 0)
@@ -497,6 +569,7 @@ static void dispatch(struct worker *w)
         if (j->msg.expires > 0 && j->msg.expires < util_now()) {
             log_info("Discarding revoked task: %s[%s] (expired)",
                      task_message_display_name(&j->msg), j->msg.id);
+            job_body(w, j);
             store_revoked(w, &j->msg, "expired");
             event_revoked(w, &j->msg, 0, 0, 1);
             job_ack(w, j);
@@ -506,6 +579,7 @@ static void dispatch(struct worker *w)
         if (revoked_contains(&w->revoked, j->msg.id, util_now())) {
             log_info("Discarding revoked task: %s[%s]", task_message_display_name(&j->msg),
                      j->msg.id);
+            job_body(w, j);
             store_revoked(w, &j->msg, "revoked");
             event_revoked(w, &j->msg, 0, 0, 0);
             job_ack(w, j);
@@ -528,6 +602,10 @@ static void dispatch(struct worker *w)
         if (!j->acks_late)
             job_ack(w, j); /* Celery's default: acknowledged when the pool accepts it */
     }
+    /* Whatever has to wait for a process is recorded in unacked now. */
+    for (struct job *j = w->ready_head; j; j = j->next)
+        if (!j->reserved)
+            job_reserve(w, j);
 }
 
 /* Resident memory of a process in KiB, from /proc; 0 when unknown. */
@@ -670,6 +748,7 @@ static void child_lost(struct worker *w, struct pool_child *c, int status)
                                                     limit);
             celeriac_value_set(exc, "exc_message", args);
             char *tb = backend_traceback("billiard.exceptions", "TimeLimitExceeded", limit);
+            job_body(w, j);
             if (exc)
                 fail_task(w, &j->msg, exc, tb, 1);
             free(tb);
@@ -710,6 +789,7 @@ static void child_lost(struct worker *w, struct pool_child *c, int status)
                      w->processed);
             log_error("Task %s[%s] raised unexpected: WorkerLostError('%s')", name, j->msg.id,
                       msg);
+            job_body(w, j);
             store_failure(w, &j->msg, "billiard.exceptions", "WorkerLostError", msg);
             char *exc = task_exec_exc_repr("WorkerLostError", msg);
             struct buf tb = {0};
@@ -1045,18 +1125,60 @@ static void handle_signals(struct worker *w)
 
 /* ---- the loop --------------------------------------------------------------- */
 
+static size_t prefetch_room(const struct worker *w);
+
 static int can_fetch(const struct worker *w)
 {
     if (w->state != W_RUNNING)
         return 0;
     if (w->nscheduled >= MAX_SCHEDULED)
         return 0;
+    /* Refill the window in batches: wait until half of it is free unless the
+     * processes would otherwise run out of work. */
+    size_t room = prefetch_room(w);
+    if (room > 0 && room < (w->prefetch_limit + 1) / 2 && w->nready >= pool_size(&w->pool))
+        return 0;
     /* Prefetch window: messages held and not yet acknowledged, as kombu's QoS
      * counts them (ETA jobs are held outside the window, capped above). */
+    return prefetch_room(w) > 0;
+}
+
+/* Messages we may still take under the prefetch window. */
+static size_t prefetch_room(const struct worker *w)
+{
     size_t held = w->unacked > w->nscheduled ? w->unacked - w->nscheduled : 0;
     if (held < w->nready)
         held = w->nready;
-    return held < w->prefetch_limit;
+    return held < w->prefetch_limit ? w->prefetch_limit - held : 0;
+}
+
+#define FETCH_BATCH_MAX 128
+
+/* Takes waiting messages in one round trip when the queues have a backlog.
+ * Returns how many arrived (0: the queues are empty, block on BRPOP). */
+static size_t fetch_now(struct worker *w)
+{
+    size_t idle = 0;
+    for (size_t i = 0; i < w->pool.n; i++) {
+        const struct pool_child *c = &w->pool.children[i];
+        if (c->pid && !c->busy && !c->retiring)
+            idle++;
+    }
+    size_t room = prefetch_room(w);
+    size_t n_free = !w->cfg->task_acks_late && idle > w->nready ? idle - w->nready : 0;
+    if (n_free > room)
+        n_free = room;
+    size_t n_res = room - n_free;
+    if (n_free + n_res > FETCH_BATCH_MAX)
+        n_res = FETCH_BATCH_MAX > n_free ? FETCH_BATCH_MAX - n_free : 0;
+    struct broker_delivery d[FETCH_BATCH_MAX];
+    size_t count = 0;
+    if (w->broker->ops->fetch_batch(w->broker, n_free, n_res, d, &count) < 0)
+        broker_lost(w, "fetch");
+    for (size_t i = 0; i < count; i++)
+        on_message(w, &d[i]);
+    w->more = count > 0 && count == n_free + n_res;
+    return count;
 }
 
 static int loop_once(struct worker *w)
@@ -1065,8 +1187,11 @@ static int loop_once(struct worker *w)
     if (w->state == W_RUNNING || w->state == W_RECONNECTING)
         dispatch(w);
     int bfd = -1;
-    if (can_fetch(w)) {
-        if (w->broker->ops->fetch_start(w->broker) < 0)
+    w->more = 0;
+    if (can_fetch(w) && w->broker->ops->fetch_fd(w->broker) < 0) {
+        if (fetch_now(w) > 0)
+            dispatch(w);
+        else if (w->state == W_RUNNING && w->broker->ops->fetch_start(w->broker) < 0)
             broker_lost(w, "fetch");
     }
     bfd = w->broker->ops->fetch_fd(w->broker);
@@ -1089,7 +1214,7 @@ static int loop_once(struct worker *w)
     for (size_t i = 0; i < w->pool.n && nfds < sizeof fds / sizeof fds[0]; i++)
         fds[nfds++] = (struct pollfd){.fd = w->pool.children[i].fd, .events = POLLIN};
 
-    int timeout = 1000;
+    int timeout = w->more && can_fetch(w) ? 0 : 1000;
     if (w->scheduled) {
         double dt = (w->scheduled->msg.eta - util_now()) * 1000;
         if (dt < timeout)
@@ -1132,6 +1257,7 @@ static int loop_once(struct worker *w)
         if (rc == 1) {
             if (w->state == W_RUNNING) {
                 on_message(w, &d);
+                dispatch(w);
             } else {
                 /* Arrived while stopping: record it and put it straight back. */
                 on_message(w, &d);
@@ -1155,6 +1281,7 @@ static int loop_once(struct worker *w)
             }
     }
 flush:
+    flush_acks(w);
     if (w->state != W_RECONNECTING && w->events.broker &&
         events_flush(&w->events) < 0 && w->state < W_WARM_STOP)
         broker_lost(w, "events");
@@ -1327,6 +1454,7 @@ size_t worker_revoke(struct worker *w, const char *const *ids, size_t n, int ter
                                                                              : "?");
             j->terminated = 1;
             j->signum = signum;
+            job_body(w, j);
             store_revoked(w, &j->msg, "terminated");
             event_revoked(w, &j->msg, 1, signum, 0);
             kill(c->pid, signum);
@@ -1384,8 +1512,9 @@ int worker_pool_resize(struct worker *w, long delta)
     return 0;
 }
 
-celeriac_value *worker_request_info(const struct worker *w, const struct job *j, int safe)
+celeriac_value *worker_request_info(struct worker *w, struct job *j, int safe)
 {
+    job_body(w, j);
     const struct task_message *m = &j->msg;
     celeriac_value *r = celeriac_value_new_object();
     celeriac_value *di = celeriac_value_new_object();
@@ -1490,6 +1619,8 @@ struct worker *worker_new(const struct config *cfg)
     w->exec.backend_retry_timeout = cfg->result_backend_retry_timeout;
     w->exec.hostname = cfg->hostname;
     w->exec.limits = w->limits;
+    w->limits.headers_only = 1; /* the pool process decodes bodies */
+    w->exec.progress_interval = cfg->progress_interval;
     events_init(&w->events, w->broker, cfg->hostname, &w->clock,
                 cfg->without_heartbeat ? 0 : cfg->heartbeat_interval, cfg->task_events);
     revoked_init(&w->revoked, cfg->statedb);
@@ -1501,8 +1632,10 @@ struct worker *worker_new(const struct config *cfg)
         if (eq) {
             *eq = 0;
             struct task_policy *p = worker_policy(w, name);
-            if (p)
+            if (p) {
                 p->rate = config_parse_rate(eq + 1);
+                snprintf(p->rate_text, sizeof p->rate_text, "%s", eq + 1);
+            }
         }
         free(name);
     }
@@ -1533,6 +1666,9 @@ void worker_free(struct worker *w)
     for (size_t i = 0; i < w->pending_acks.len; i++)
         free(w->pending_acks.tags[i]);
     free(w->pending_acks.tags);
+    for (size_t i = 0; i < w->ack_batch.len; i++)
+        free(w->ack_batch.tags[i]);
+    free(w->ack_batch.tags);
     events_clear(&w->events);
     revoked_free(&w->revoked);
     for (size_t i = 0; i < w->queues.len; i++)

@@ -69,6 +69,8 @@ struct worker {
     size_t nready, nscheduled, nactive, unacked; /* unacked: reserved and not acked */
     size_t prefetch_limit;
     struct tag_list pending_acks;        /* acks to send once the broker is back */
+    struct tag_list ack_batch;           /* acks of this loop iteration, sent together */
+    int more;                            /* the last batch fetch was full: fetch again soon */
     int sigpipe[2];
     double next_restore;                 /* monotonic */
     double next_refresh;                 /* monotonic: keep our unacked entries fresh */
@@ -101,6 +103,7 @@ struct worker {
 struct task_policy {
     char *name;          /* owned */
     double rate;         /* tasks per second; 0 = unlimited */
+    char rate_text[32];  /* as given ("500/m"), for inspect registered */
     double tokens;       /* available, at most 1 */
     double refilled;     /* monotonic time of the last refill */
     double hard, soft;   /* overrides; < 0 = not set */
@@ -129,6 +132,6 @@ struct task_policy *worker_policy(struct worker *w, const char *name);
 unsigned long worker_clock_forward(struct worker *w);
 void worker_clock_adjust(struct worker *w, unsigned long other);
 /* The request description used by inspect active/reserved/scheduled. */
-celeriac_value *worker_request_info(const struct worker *w, const struct job *j, int safe);
+celeriac_value *worker_request_info(struct worker *w, struct job *j, int safe);
 
 #endif

@@ -556,6 +556,7 @@ TEST(chunk_size_validated)
 
 TEST(progress_published_in_order)
 {
+    task_context_set_progress_interval(0); /* store every stage's update */
     struct run r;
     struct builtin_config cfg = test_config();
     run_task(&r, args1(b64_string("one two three\n", 14)), NULL, &cfg);

@@ -124,6 +124,7 @@ TEST(update_state_without_sink_is_dropped)
 
 TEST(progress_meta_and_clamping)
 {
+    task_context_set_progress_interval(0); /* store every update */
     struct fake_sink f = {0};
     struct task_sink sink = {fake_store, &f};
     celeriac_task t;
@@ -250,4 +251,26 @@ TEST(log_line_format)
     CHECK(strstr(line, ": INFO/ForkPoolWorker-3] process_document[0123-abcd]: hello 42\n"));
     CHECK(strstr(line, ": ERROR/ForkPoolWorker-3] process_document[0123-abcd]: clamped\n"));
     task_context_clear(&t);
+}
+
+TEST(progress_is_throttled)
+{
+    /* First update always stored; the next ones within the interval are not. */
+    task_context_set_progress_interval(3600);
+    struct fake_sink f = {0};
+    struct task_sink sink = {fake_store, &f};
+    celeriac_task t;
+    task_context_init(&t, "id-t", "throttle", 0, NULL, NULL, &sink);
+    CHECK_EQ_INT(celeriac_task_progress(&t, 10, "first"), 0);
+    CHECK_EQ_INT(celeriac_task_progress(&t, 50, "second"), 0);
+    CHECK_EQ_INT(celeriac_task_progress(&t, 90, "third"), 0);
+    CHECK_EQ_INT(f.n, 1);
+    task_context_clear(&t);
+    /* A new task starts with its first update stored again. */
+    task_context_init(&t, "id-u", "throttle", 0, NULL, NULL, &sink);
+    CHECK_EQ_INT(celeriac_task_progress(&t, 5, "next task"), 0);
+    CHECK_EQ_INT(f.n, 2);
+    task_context_clear(&t);
+    fake_free(&f);
+    task_context_set_progress_interval(0.05);
 }

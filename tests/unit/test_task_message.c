@@ -510,12 +510,12 @@ TEST(caps)
     memcpy(s, "{\"body\": \"", 10);
     memset(s + 10, 'A', big);
     memcpy(s + 10 + big, "\"}", 3);
-    struct task_message_limits lim = {1 << 20, 1 << 20, 64, 1000};
+    struct task_message_limits lim = {1 << 20, 1 << 20, 64, 1000, 0};
     CHECK_EQ_INT(task_message_decode(s, strlen(s), &lim, &m, err, sizeof err), CELERIAC_ETOOBIG);
     task_message_clear(&m);
     free(s);
     /* Body over its cap after base64, and after decompression. */
-    struct task_message_limits small = {1 << 20, 8, 64, 1000};
+    struct task_message_limits small = {1 << 20, 8, 64, 1000, 0};
     CHECK_EQ_INT(decode_env("[[\"0123456789\"], {}, {}]", "", "application/json", &m, err, sizeof err), 0);
     task_message_clear(&m);
     char *env = envelope("[[\"0123456789\"], {}, {}]", "", "application/json");
@@ -531,4 +531,28 @@ TEST(caps)
     CHECK_EQ_INT(decode_env(deep, "", "application/json", &m, err, sizeof err), CELERIAC_EDEPTH);
     CHECK_STR(m.id, "id-1");
     task_message_clear(&m);
+}
+
+TEST(headers_only_leaves_body_for_the_pool)
+{
+    size_t len;
+    char *env = test_fixture("task-v2-json-basic.json", &len);
+    struct task_message m = {0};
+    char err[256];
+    struct task_message_limits lim = task_message_limits_default;
+    lim.headers_only = 1;
+    CHECK_EQ_INT(task_message_decode(env, len, &lim, &m, err, sizeof err), 0);
+    CHECK_STR(m.id, "bf46231f-4266-403d-bef5-695e13f7aa57");
+    CHECK_STR(m.task, "process_document");
+    CHECK_EQ_INT(m.body_pending, 1);
+    CHECK(m.args == NULL && m.kwargs == NULL && m.embed == NULL);
+    CHECK(m.time_limit == 60 && m.soft_time_limit == 50);
+    task_message_clear(&m);
+    /* Refused content types are still refused without the body. */
+    char *pickle = test_fixture("task-v2-pickle.json", &len);
+    CHECK_EQ_INT(task_message_decode(pickle, len, &lim, &m, err, sizeof err), CELERIAC_ECONTENT);
+    CHECK(m.id != NULL);
+    task_message_clear(&m);
+    free(pickle);
+    free(env);
 }
