@@ -38,6 +38,9 @@ struct broker_ops {
     int (*set_queues)(struct broker *b, char **queues, size_t n);
     /* Asks for the next message unless a request is outstanding. */
     int (*fetch_start)(struct broker *b);
+    /* Makes an outstanding fetch return at once with nothing (shutdown); its
+     * reply still has to be read. 0 also when nothing is outstanding. */
+    int (*fetch_cancel)(struct broker *b);
     /* fd to poll for POLLIN while a fetch is outstanding, else -1. */
     int (*fetch_fd)(struct broker *b);
     /* Completes a fetch when fetch_fd is readable: 1 = message in *out (caller

@@ -36,6 +36,7 @@ struct broker_redis {
     size_t npatterns;
     int pub_pending;           /* commands appended on pub, replies not read */
     char fetch_sha[41];        /* SHA1 of fetch_script */
+    long long consume_id;      /* CLIENT ID of the consume link, 0 if unknown */
 };
 
 static void set_err(struct broker_redis *r, int err, const char *s)
@@ -162,6 +163,10 @@ static int redis_connect(struct broker *b)
         redis_disconnect(b);
         return rc;
     }
+    redisReply *id = redis_conn_cmdf(&r->consume, "CLIENT ID");
+    r->consume_id = id && id->type == REDIS_REPLY_INTEGER ? id->integer : 0;
+    if (id)
+        freeReplyObject(id);
     redisReply *sha = redis_conn_cmdf(&r->cmd, "SCRIPT LOAD %s", fetch_script);
     if (!sha) {
         set_err(r, CELERIAC_ECONN, r->cmd.errstr);
@@ -259,6 +264,21 @@ static int redis_fetch_start(struct broker *b)
             return CELERIAC_ECONN;
         }
     r->fetching = 1;
+    return 0;
+}
+
+static int redis_fetch_cancel(struct broker *b)
+{
+    struct broker_redis *r = (struct broker_redis *)b;
+    if (!r->fetching || !r->consume_id || !r->cmd.ctx)
+        return 0;
+    /* BRPOP returns nil as if its timeout had passed. */
+    redisReply *rep = redis_conn_cmdf(&r->cmd, "CLIENT UNBLOCK %lld", r->consume_id);
+    if (!rep) {
+        set_err(r, CELERIAC_ECONN, r->cmd.errstr);
+        return CELERIAC_ECONN;
+    }
+    freeReplyObject(rep);
     return 0;
 }
 
@@ -1077,6 +1097,7 @@ static const struct broker_ops redis_ops = {
     .disconnect = redis_disconnect,
     .set_queues = redis_set_queues,
     .fetch_start = redis_fetch_start,
+    .fetch_cancel = redis_fetch_cancel,
     .fetch_fd = redis_fetch_fd,
     .fetch_read = redis_fetch_read,
     .fetch_batch = redis_fetch_batch,

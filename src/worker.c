@@ -1068,6 +1068,7 @@ static void begin_warm_stop(struct worker *w)
         w->broker->ops->disconnect(w->broker);
     set_state(w, W_WARM_STOP);
     w->stop_deadline = util_monotonic() + WARM_FETCH_GRACE;
+    w->broker->ops->fetch_cancel(w->broker); /* its reply is still read: nothing is lost */
     pool_close(&w->pool);
 }
 
@@ -1088,6 +1089,7 @@ static void begin_cold_stop(struct worker *w, int force)
     /* Messages handed back below can be taken by our own outstanding BRPOP:
      * stop_finished() waits for it, and loop_once() returns what it brings. */
     w->stop_deadline = util_monotonic() + WARM_FETCH_GRACE;
+    w->broker->ops->fetch_cancel(w->broker);
     return_reserved(w);
     pool_kill(&w->pool, SIGKILL);
     /* acks_late messages of killed tasks go back to the queue; early-acked ones
@@ -1181,9 +1183,13 @@ static size_t fetch_now(struct worker *w)
     return count;
 }
 
+static int stop_finished(struct worker *w);
+
 static int loop_once(struct worker *w)
 {
     worker_cron(w);
+    if (stop_finished(w))
+        return 0; /* nothing left to wait for */
     if (w->state == W_RUNNING || w->state == W_RECONNECTING)
         dispatch(w);
     int bfd = -1;

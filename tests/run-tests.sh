@@ -58,7 +58,31 @@ suite() {
         /usr/bin/python3 -m pytest compat -q "${pytest_timeout[@]}" ${PYTEST_ARGS:-}
 }
 
+step "style: banned functions" bash "$repo/.ci/banned-functions"
+
 suite plain "${CELERIAC_BUILD_DIR:-$repo/build}"
+
+# The integration run under valgrind: the end-to-end demo (real producer, worker,
+# Redis) with the worker and its pool processes under memcheck; any error or
+# definite leak makes the worker exit 99 and the demo fail.
+valgrind_demo() {
+    local dir=${CELERIAC_BUILD_DIR:-$repo/build}
+    local wrapper="$dir/celeriac-valgrind"
+    printf '#!/bin/sh\nexec valgrind --quiet --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite --log-file=%s/valgrind.%%p.log %s/celeriac "$@"\n' \
+        "$dir" "$dir" > "$wrapper"
+    chmod +x "$wrapper"
+    rm -f "$dir"/valgrind.*.log
+    local rc=0
+    /usr/bin/python3 "$repo/compat/demo.py" --bin "$wrapper" --timeout 300 || rc=1
+    if grep -lE "ERROR SUMMARY: [1-9]|definitely lost: [1-9]" "$dir"/valgrind.*.log 2>/dev/null; then
+        cat "$dir"/valgrind.*.log
+        rc=1
+    fi
+    return $rc
+}
+if command -v valgrind >/dev/null; then
+    step "valgrind: end-to-end demo" valgrind_demo
+fi
 
 if [ "$sanitize" = 1 ]; then
     # detect_leaks: the main process is leak-checked at exit. Pool children leave
