@@ -113,20 +113,16 @@ static const char fetch_script[] =
     "end\n"
     "return out\n";
 
+static int binding_cmd(struct broker_redis *r, const char *verb, const char *exchange,
+                       const char *routing_key, const char *queue);
+
+/* kombu binds each task queue to the exchange of its own name. */
 static int declare_bindings(struct broker_redis *r)
 {
     for (size_t i = 0; i < r->nqueues; i++) {
-        char key[300], member[600];
-        snprintf(key, sizeof key, "_kombu.binding.%s", r->queues[i]);
-        int n = snprintf(member, sizeof member, "%s" SEP SEP "%s", r->queues[i], r->queues[i]);
-        const char *argv[3] = {"SADD", key, member};
-        size_t lens[3] = {4, strlen(key), (size_t)n};
-        redisReply *rep = redis_conn_cmd(&r->cmd, 3, argv, lens);
-        if (!rep) {
-            set_err(r, CELERIAC_ECONN, r->cmd.errstr);
-            return CELERIAC_ECONN;
-        }
-        freeReplyObject(rep);
+        int rc = binding_cmd(r, "SADD", r->queues[i], r->queues[i], r->queues[i]);
+        if (rc < 0)
+            return rc;
     }
     return 0;
 }

@@ -207,6 +207,22 @@ static void fail_task(struct worker *w, const struct task_message *m, const cele
     }
 }
 
+/* Rejects a job's message with requeue (to the tail, as kombu's reject);
+ * when that cannot be done now it comes back after visibility_timeout. */
+static void job_requeue(struct worker *w, struct job *j)
+{
+    if (j->acked)
+        return;
+    j->acked = 1;
+    if (!j->reserved)
+        return;
+    if (w->unacked)
+        w->unacked--;
+    if (w->state == W_RECONNECTING ||
+        w->broker->ops->reject(w->broker, j->msg.delivery_tag, 1) < 0)
+        log_warning("requeue of %s failed; it returns after visibility_timeout", j->msg.id);
+}
+
 static void store_failure_ex(struct worker *w, const struct task_message *m, const char *module,
                              const char *type, const char *message, int decoded)
 {
@@ -758,26 +774,13 @@ static void child_lost(struct worker *w, struct pool_child *c, int status)
             event_failed(w, &j->msg, e.p, NULL);
             buf_free(&e);
             if (j->acks_late && !w->cfg->task_acks_on_failure_or_timeout && !j->acked) {
-                /* Celery requeues a hard timeout in this mode. */
-                j->acked = 1;
-                if (w->unacked)
-                    w->unacked--;
-                if (w->state == W_RECONNECTING ||
-                    w->broker->ops->reject(w->broker, j->msg.delivery_tag, 1) < 0)
-                    log_warning("requeue of %s failed; it returns after visibility_timeout",
-                                j->msg.id);
+                job_requeue(w, j); /* Celery requeues a hard timeout in this mode */
             } else {
                 job_ack(w, j);
             }
         } else if (j->acks_late && w->cfg->task_reject_on_worker_lost && !j->acked) {
             log_warning("Task %s[%s] requeued (task_reject_on_worker_lost)", name, j->msg.id);
-            j->acked = 1;
-            if (w->unacked)
-                w->unacked--;
-            if (w->state == W_RECONNECTING ||
-                w->broker->ops->reject(w->broker, j->msg.delivery_tag, 1) < 0)
-                log_warning("requeue of %s failed; it returns after visibility_timeout",
-                            j->msg.id);
+            job_requeue(w, j);
             celeriac_value *f = fields_uuid(&j->msg);
             if (f) {
                 celeriac_value_set(f, "requeue", celeriac_value_new_bool(1));
