@@ -27,14 +27,17 @@ def process():
 @app.get("/job/<job_id>/status")
 def status(job_id):
     res = AsyncResult(job_id, app=celery_app)
-    body = {"state": res.state, "progress": None, "message": None, "result": None}
-    info = res.info
-    if res.state == "PROCESSING" and isinstance(info, dict):
+    # One backend read: state and info of the same moment (res.state and
+    # res.info are separate reads, and a job can finish in between).
+    meta = res.backend.get_task_meta(res.id)
+    state, info = meta["status"], meta.get("result")
+    body = {"state": state, "progress": None, "message": None, "result": None}
+    if state == "PROCESSING" and isinstance(info, dict):
         body["progress"] = info.get("progress")
         body["message"] = info.get("message")
-    elif res.state == "SUCCESS":
+    elif state == "SUCCESS":
         body["progress"] = 100
-        body["result"] = res.result
-    elif res.state == "FAILURE":
+        body["result"] = info
+    elif state == "FAILURE":
         body["message"] = f"{type(info).__name__}: {info}"
     return jsonify(body)
