@@ -11,6 +11,7 @@
 #include "config.h"
 #include "http.h"
 #include "log.h"
+#include "status.h"
 #include "worker.h"
 
 static void usage(FILE *f)
@@ -20,67 +21,6 @@ static void usage(FILE *f)
                "                                   exit 0 if that worker is alive and consuming\n"
                "       celeriac version            print the version\n"
                "       celeriac worker --help      list every option with its default\n");
-}
-
-/* `celeriac status`: a liveness probe that reads the status file the worker
- * rewrites every second; no broker round trip. 0 healthy, 1 not, 64 usage. */
-static int status_command(int argc, char **argv)
-{
-    const char *pidfile = NULL, *status = NULL;
-    double max_age = 10;
-    for (int i = 2; i < argc; i++) {
-        if (strcmp(argv[i], "--pidfile") == 0 && i + 1 < argc)
-            pidfile = argv[++i];
-        else if (strcmp(argv[i], "--status-file") == 0 && i + 1 < argc)
-            status = argv[++i];
-        else if (strcmp(argv[i], "--max-age") == 0 && i + 1 < argc)
-            max_age = strtod(argv[++i], NULL);
-        else {
-            fprintf(stderr, "celeriac status: unknown option '%s'\n", argv[i]);
-            return 64;
-        }
-    }
-    char path[4200];
-    if (!status && pidfile) {
-        snprintf(path, sizeof path, "%s.status", pidfile);
-        status = path;
-    }
-    if (!status) {
-        fprintf(stderr, "celeriac status: give --pidfile or --status-file\n");
-        return 64;
-    }
-    FILE *f = fopen(status, "r");
-    if (!f) {
-        printf("not running: no status file %s\n", status);
-        return 1;
-    }
-    char line[512], state[64] = "", node[256] = "";
-    long pid = 0;
-    double updated = 0;
-    while (fgets(line, sizeof line, f)) {
-        sscanf(line, "pid=%ld", &pid);
-        sscanf(line, "state=%63[^\n]", state);
-        sscanf(line, "updated=%lf", &updated);
-        sscanf(line, "node=%255[^\n]", node);
-    }
-    fclose(f);
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    double age = (double)ts.tv_sec + ts.tv_nsec / 1e9 - updated;
-    if (pid <= 0 || (kill((pid_t)pid, 0) < 0 && errno != EPERM)) {
-        printf("not running: process %ld is gone\n", pid);
-        return 1;
-    }
-    if (age > max_age) {
-        printf("unhealthy: %s (pid %ld) last reported %.0f s ago\n", node, pid, age);
-        return 1;
-    }
-    if (strcmp(state, "running") != 0) {
-        printf("not consuming: %s (pid %ld) is %s\n", node, pid, state);
-        return 1;
-    }
-    printf("ok: %s (pid %ld) running\n", node, pid);
-    return 0;
 }
 
 /* Refuses to start over a live worker's pidfile, like Celery. */
@@ -119,7 +59,7 @@ int main(int argc, char **argv)
         exit(0);
     }
     if (strcmp(argv[1], "status") == 0)
-        exit(status_command(argc, argv));
+        exit(status_main(argc, argv));
     if (strcmp(argv[1], "worker") != 0) {
         fprintf(stderr, "celeriac: unknown command '%s'\n", argv[1]);
         usage(stderr);

@@ -30,6 +30,7 @@
 #include "value.h"
 #include "canvas.h"
 #include "revoked.h"
+#include "status.h"
 
 #define MAX_SCHEDULED 10000        /* ETA jobs held in memory before fetching pauses */
 #define WARM_FETCH_GRACE 3.0       /* seconds to wait for an outstanding fetch at stop */
@@ -919,23 +920,6 @@ static void restore_visible(struct worker *w)
 
 /* ---- cron ------------------------------------------------------------------- */
 
-/* The liveness file `celeriac status` reads: written atomically. */
-static void write_status(struct worker *w)
-{
-    if (!w->cfg->status_file)
-        return;
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", w->cfg->status_file);
-    FILE *f = fopen(tmp, "w");
-    if (!f)
-        return;
-    fprintf(f, "pid=%ld\nstate=%s\nupdated=%.3f\nnode=%s\nactive=%zu\nprocessed=%lu\n",
-            (long)getpid(), state_names[w->state], util_now(), w->cfg->hostname, w->nactive,
-            w->processed);
-    if (fclose(f) == 0)
-        rename(tmp, w->cfg->status_file);
-}
-
 static void return_reserved(struct worker *w);
 
 /* worker_cron: the periodic duties, run every loop iteration (cheap checks):
@@ -1024,7 +1008,8 @@ static void worker_cron(struct worker *w)
         w->events.next_heartbeat = mono + w->events.freq;
     }
     if (mono >= w->next_status) {
-        write_status(w);
+        status_write(w->cfg->status_file, state_names[w->state], w->cfg->hostname, w->nactive,
+                     w->processed);
         revoked_purge(&w->revoked, now);
         revoked_save(&w->revoked);
         w->next_status = mono + 1;
@@ -1396,7 +1381,8 @@ int worker_run(struct worker *w)
     log_info("%s ready.", w->cfg->hostname);
     events_worker(&w->events, "worker-online", 0, 0);
     w->events.next_heartbeat = util_monotonic() + w->events.freq;
-    write_status(w);
+    status_write(w->cfg->status_file, state_names[w->state], w->cfg->hostname, w->nactive,
+                     w->processed);
 
     while (w->state != W_STOPPED) {
         if (loop_once(w) < 0) {
