@@ -2,6 +2,8 @@
 import uuid
 from datetime import datetime
 
+import pytest
+
 from helpers import raw_meta
 
 
@@ -40,3 +42,38 @@ def test_multiple_queues(make_worker, shared_redis, celery_app):
     ra = celery_app.send_task("examples.add", args=(1, 2), queue=qa)
     rb = celery_app.send_task("examples.add", args=(3, 4), queue=qb, priority=6)
     assert ra.get(timeout=15) == 3 and rb.get(timeout=15) == 7
+
+
+@pytest.mark.celeriac_only  # the Python worker takes these options from its app config
+def test_transport_options_layout(make_worker, shared_redis):
+    """The common production setting broker_transport_options={'priority_steps':
+    list(range(10)), 'sep': ':', 'queue_order_strategy': 'priority'}: the real
+    producer pushes to q, q:1 ... q:9; a worker started with the same options
+    consumes them all, lower numbers first."""
+    from conftest import close_celery_app, make_celery_app
+
+    app = make_celery_app(shared_redis, broker_transport_options={
+        "priority_steps": list(range(10)), "sep": ":", "queue_order_strategy": "priority"})
+    q = f"layout-{uuid.uuid4().hex[:8]}"
+    try:
+        sent = [app.send_task("examples.echo", args=[f"p{p}", i], queue=q, priority=p)
+                for p in (9, 4, 1, 0) for i in range(3)]
+        broker = shared_redis.client(0)
+        assert broker.llen(q) == 3
+        assert all(broker.llen(f"{q}:{p}") == 3 for p in (1, 4, 9))
+        make_worker(shared_redis, queues=[q], concurrency=1,
+                    extra=["--prefetch-multiplier", "1", "--sep", ":",
+                           "--priority-steps", "0,1,2,3,4,5,6,7,8,9",
+                           "--queue-order-strategy", "priority"])
+        for r in sent:
+            r.get(timeout=30)
+
+        def done(r):
+            return datetime.fromisoformat(
+                raw_meta(shared_redis, r.id)["date_done"].replace("Z", ""))
+
+        labels = [r.result["args"][0] for r in sorted(sent, key=done)]
+        assert labels == ["p0"] * 3 + ["p1"] * 3 + ["p4"] * 3 + ["p9"] * 3, labels
+        assert all(broker.llen(f"{q}:{p}") == 0 for p in range(1, 10))
+    finally:
+        close_celery_app(app)

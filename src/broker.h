@@ -105,8 +105,21 @@ struct broker {
     char errstr[256];  /* last error, one line */
 };
 
-/* By URL scheme. Caller frees with broker_free(). NULL with err set. */
-struct broker *broker_new(const char *url, char *err, size_t errlen);
+/* kombu's transport options for queue layout (broker_transport_options). */
+enum queue_order { QUEUE_ORDER_ROUND_ROBIN = 0, QUEUE_ORDER_SORTED, QUEUE_ORDER_PRIORITY };
+struct broker_options {
+    char sep[8];       /* key separator: "\x06\x16" by default */
+    int steps[10];     /* priority steps, ascending, first 0: {0, 3, 6, 9} by default */
+    size_t nsteps;
+    int order;         /* enum queue_order */
+};
+/* kombu's defaults. */
+void broker_options_default(struct broker_options *o);
+
+/* By URL scheme. opts is copied (NULL = kombu's defaults). Caller frees with
+ * broker_free(). NULL with err set. */
+struct broker *broker_new(const char *url, const struct broker_options *opts, char *err,
+                          size_t errlen);
 void broker_free(struct broker *b);
 
 #endif

@@ -13,15 +13,12 @@
 #include "util.h"
 #include "value.h"
 
-#define SEP "\x06\x16"
 #define UNACKED "unacked"
 #define UNACKED_INDEX "unacked_index"
 #define UNACKED_MUTEX "unacked_mutex"
 #define UNACKED_MUTEX_EXPIRE_MS 300000
 #define BRPOP_TIMEOUT "1"
 
-static const int priority_steps[] = {0, 3, 6, 9};
-#define NSTEPS (sizeof priority_steps / sizeof priority_steps[0])
 
 struct broker_redis {
     struct broker base;
@@ -37,7 +34,9 @@ struct broker_redis {
     int pub_pending;           /* commands appended on pub, replies not read */
     char fetch_sha[41];        /* SHA1 of fetch_script */
     long long consume_id;      /* CLIENT ID of the consume link, 0 if unknown */
+    struct broker_options opt; /* sep, priority steps, queue order */
 };
+#define NSTEPS (r->opt.nsteps)
 
 static void set_err(struct broker_redis *r, int err, const char *s)
 {
@@ -45,21 +44,40 @@ static void set_err(struct broker_redis *r, int err, const char *s)
     snprintf(r->base.errstr, sizeof r->base.errstr, "%s", s);
 }
 
-/* The list key for a queue at a priority, as kombu's _q_for_pri names it. */
-static void priority_key(const char *queue, int priority, char *buf, size_t len)
+/* The list key for a queue at a priority, as kombu's _q_for_pri names it:
+ * the largest step <= priority; step 0 is the queue itself. */
+static void priority_key(const struct broker_redis *r, const char *queue, int priority, char *buf,
+                         size_t len)
 {
     int step = 0;
     if (priority < 0)
         priority = 0;
     if (priority > 9)
         priority = 9;
-    for (size_t i = 0; i < NSTEPS; i++)
-        if (priority_steps[i] <= priority)
-            step = priority_steps[i];
+    for (size_t i = 0; i < r->opt.nsteps; i++)
+        if (r->opt.steps[i] <= priority)
+            step = r->opt.steps[i];
     if (step)
-        snprintf(buf, len, "%s" SEP "%d", queue, step);
+        snprintf(buf, len, "%s%s%d", queue, r->opt.sep, step);
     else
         snprintf(buf, len, "%s", queue);
+}
+
+/* The queue a popped key belongs to: matched against the keys we listen on,
+ * so queue names containing the separator are safe. */
+static void queue_of_key(const struct broker_redis *r, const char *key, size_t klen, char *out,
+                         size_t outlen)
+{
+    char k[300];
+    for (size_t q = 0; q < r->nqueues; q++)
+        for (size_t st = 0; st < r->opt.nsteps; st++) {
+            priority_key(r, r->queues[q], r->opt.steps[st], k, sizeof k);
+            if (strlen(k) == klen && memcmp(k, key, klen) == 0) {
+                snprintf(out, outlen, "%s", r->queues[q]);
+                return;
+            }
+        }
+    snprintf(out, outlen, "%.*s", (int)(klen < outlen ? klen : outlen - 1), key);
 }
 
 /* Pops up to n_free + n_reserve messages across the priority keys in BRPOP
@@ -193,6 +211,11 @@ static void free_queues(struct broker_redis *r)
     r->nqueues = 0;
 }
 
+static int cmp_names(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
 static int redis_set_queues(struct broker *b, char **queues, size_t n)
 {
     struct broker_redis *r = (struct broker_redis *)b;
@@ -212,6 +235,8 @@ static int redis_set_queues(struct broker *b, char **queues, size_t n)
     free_queues(r);
     r->queues = q;
     r->nqueues = n;
+    if (r->opt.order == QUEUE_ORDER_SORTED)
+        qsort(r->queues, n, sizeof *r->queues, cmp_names);
     return r->cmd.ctx ? declare_bindings(r) : 0;
 }
 
@@ -226,7 +251,7 @@ static int redis_fetch_start(struct broker *b)
     }
     if (r->nqueues == 0)
         return 0;
-    /* BRPOP q1 q2 q1SEP3 q2SEP3 ... q2SEP9 timeout: step 0 of every queue first. */
+    /* BRPOP q1 q2 q1<sep>3 q2<sep>3 ... q2<sep>9 timeout: step 0 of every queue first. */
     size_t argc = 1 + r->nqueues * NSTEPS + 1;
     const char **argv = calloc(argc, sizeof *argv);
     char (*keys)[256] = calloc(r->nqueues * NSTEPS, sizeof *keys);
@@ -240,7 +265,7 @@ static int redis_fetch_start(struct broker *b)
     for (size_t s = 0; s < NSTEPS; s++)
         for (size_t q = 0; q < r->nqueues; q++) {
             char *key = keys[s * r->nqueues + q];
-            priority_key(r->queues[q], priority_steps[s], key, 256);
+            priority_key(r, r->queues[q], r->opt.steps[s], key, 256);
             argv[k++] = key;
         }
     argv[k++] = BRPOP_TIMEOUT;
@@ -287,6 +312,8 @@ static int redis_fetch_fd(struct broker *b)
 /* Moves queue i to the end of the consume order (kombu's round_robin). */
 static void rotate(struct broker_redis *r, size_t i)
 {
+    if (r->opt.order != QUEUE_ORDER_ROUND_ROBIN)
+        return; /* sorted / priority: the configured order stays */
     char *q = r->queues[i];
     memmove(&r->queues[i], &r->queues[i + 1], (r->nqueues - i - 1) * sizeof *r->queues);
     r->queues[r->nqueues - 1] = q;
@@ -322,16 +349,7 @@ static int redis_fetch_read(struct broker *b, struct broker_delivery *out)
                rep->element[1]->type == REDIS_REPLY_STRING) {
         const char *key = rep->element[0]->str;
         size_t klen = rep->element[0]->len;
-        /* Strip a trailing SEP<step> to get the queue name. */
-        const char *sep = NULL;
-        for (size_t i = 0; i + 1 < klen; i++)
-            if (key[i] == SEP[0] && key[i + 1] == SEP[1])
-                sep = key + i;
-        size_t qlen = sep ? (size_t)(sep - key) : klen;
-        if (qlen >= sizeof out->queue)
-            qlen = sizeof out->queue - 1;
-        memcpy(out->queue, key, qlen);
-        out->queue[qlen] = 0;
+        queue_of_key(r, key, klen, out->queue, sizeof out->queue);
         out->body = malloc(rep->element[1]->len + 1);
         if (!out->body) {
             rc = CELERIAC_ENOMEM;
@@ -349,7 +367,7 @@ static int redis_fetch_read(struct broker *b, struct broker_delivery *out)
             }
         if (qi < r->nqueues) {
             rotate(r, qi);
-        } else if (rc == 1) {
+        } else if (rc == 1 && klen > 0) {
             /* The queue was cancelled while this BRPOP was outstanding: put the
              * message back at the head of the very key it came from, as kombu
              * requeues deliveries that have no consumer. */
@@ -478,7 +496,7 @@ static int redis_fetch_batch(struct broker *b, size_t n_free, size_t n_reserve,
     for (size_t st = 0; st < NSTEPS; st++)
         for (size_t q = 0; q < r->nqueues; q++) {
             char *key = keys[st * r->nqueues + q];
-            priority_key(r->queues[q], priority_steps[st], key, 256);
+            priority_key(r, r->queues[q], r->opt.steps[st], key, 256);
             argv[k++] = key;
         }
     argv[k++] = nf;
@@ -513,14 +531,7 @@ static int redis_fetch_batch(struct broker *b, size_t n_free, size_t n_reserve,
         const redisReply *key = rep->element[i], *val = rep->element[i + 1],
                          *tag = rep->element[i + 2];
         memset(d, 0, sizeof *d);
-        size_t qlen = key->len;
-        for (size_t c = 0; c + 1 < key->len; c++)
-            if (key->str[c] == SEP[0] && key->str[c + 1] == SEP[1])
-                qlen = c;
-        if (qlen >= sizeof d->queue)
-            qlen = sizeof d->queue - 1;
-        memcpy(d->queue, key->str, qlen);
-        d->queue[qlen] = 0;
+        queue_of_key(r, key->str, key->len, d->queue, sizeof d->queue);
         if (!(d->body = malloc(val->len + 1))) {
             rc = CELERIAC_ENOMEM; /* the rest stays in unacked and is restored later */
             break;
@@ -604,12 +615,13 @@ static int route(struct broker_redis *r, const char *exchange, const char *rk, c
     int rc = CELERIAC_ENOTFOUND;
     for (size_t i = 0; rep->type == REDIS_REPLY_ARRAY && i < rep->elements && rc; i++) {
         const char *m = rep->element[i]->str;
-        const char *s1 = m ? strstr(m, SEP) : NULL;
-        const char *s2 = s1 ? strstr(s1 + 2, SEP) : NULL;
+        size_t sl = strlen(r->opt.sep);
+        const char *s1 = m ? strstr(m, r->opt.sep) : NULL;
+        const char *s2 = s1 ? strstr(s1 + sl, r->opt.sep) : NULL;
         if (!s2)
             continue;
         if ((size_t)(s1 - m) == strlen(rk ? rk : "") && strncmp(m, rk ? rk : "", (size_t)(s1 - m)) == 0) {
-            snprintf(queue, len, "%s", s2 + 2);
+            snprintf(queue, len, "%s", s2 + sl);
             rc = 0;
         }
     }
@@ -701,7 +713,7 @@ static int move_back(struct broker_redis *r, const char *tag, int head)
             return redis_ack(&r->base, tag) < 0 ? CELERIAC_ECONN : 0;
         }
         char key[300];
-        priority_key(queue, priority, key, sizeof key);
+        priority_key(r, queue, priority, key, sizeof key);
         const char *multi[1] = {"MULTI"}, *exec[1] = {"EXEC"};
         const char *zrem[3] = {"ZREM", UNACKED_INDEX, tag};
         const char *hdel[3] = {"HDEL", UNACKED, tag};
@@ -834,7 +846,7 @@ static int redis_publish(struct broker *b, const char *queue, int priority, cons
 {
     struct broker_redis *r = (struct broker_redis *)b;
     char key[300];
-    priority_key(queue, priority, key, sizeof key);
+    priority_key(r, queue, priority, key, sizeof key);
     const char *argv[3] = {"LPUSH", key, body};
     size_t lens[3] = {5, strlen(key), len};
     redisReply *rep = redis_conn_cmd(&r->cmd, 3, argv, lens);
@@ -1027,12 +1039,13 @@ static int redis_publish_direct(struct broker *b, const char *exchange, const ch
     size_t rklen = strlen(routing_key);
     for (size_t i = 0; rep->type == REDIS_REPLY_ARRAY && i < rep->elements; i++) {
         const char *m = rep->element[i]->str;
-        const char *s1 = m ? strstr(m, SEP) : NULL;
-        const char *s2 = s1 ? strstr(s1 + 2, SEP) : NULL;
+        size_t sl = strlen(r->opt.sep);
+        const char *s1 = m ? strstr(m, r->opt.sep) : NULL;
+        const char *s2 = s1 ? strstr(s1 + sl, r->opt.sep) : NULL;
         if (!s2 || (size_t)(s1 - m) != rklen || strncmp(m, routing_key, rklen) != 0)
             continue;
-        const char *argv[3] = {"LPUSH", s2 + 2, body};
-        size_t lens[3] = {5, strlen(s2 + 2), len};
+        const char *argv[3] = {"LPUSH", s2 + sl, body};
+        size_t lens[3] = {5, strlen(s2 + sl), len};
         redisReply *p = redis_conn_cmd(&r->cmd, 3, argv, lens);
         if (!p) {
             set_err(r, CELERIAC_ECONN, r->cmd.errstr);
@@ -1050,8 +1063,8 @@ static int binding_cmd(struct broker_redis *r, const char *verb, const char *exc
 {
     char key[300], member[700];
     snprintf(key, sizeof key, "_kombu.binding.%s", exchange);
-    int n = snprintf(member, sizeof member, "%s" SEP SEP "%s", routing_key ? routing_key : "",
-                     queue);
+    int n = snprintf(member, sizeof member, "%s%s%s%s", routing_key ? routing_key : "",
+                     r->opt.sep, r->opt.sep, queue);
     const char *argv[3] = {verb, key, member};
     size_t lens[3] = {4, strlen(key), (size_t)n};
     redisReply *rep = redis_conn_cmd(&r->cmd, 3, argv, lens);
@@ -1116,8 +1129,10 @@ static const struct broker_ops redis_ops = {
     .free = redis_free,
 };
 
-struct broker *broker_redis_new(const char *url, char *err, size_t errlen);
-struct broker *broker_redis_new(const char *url, char *err, size_t errlen)
+struct broker *broker_redis_new(const char *url, const struct broker_options *opts, char *err,
+                                size_t errlen);
+struct broker *broker_redis_new(const char *url, const struct broker_options *opts, char *err,
+                                size_t errlen)
 {
     struct broker_redis *r = calloc(1, sizeof *r);
     if (!r) {
@@ -1135,6 +1150,7 @@ struct broker *broker_redis_new(const char *url, char *err, size_t errlen)
     r->consume.timeout = 10;
     r->sub.timeout = 10;
     r->pub.timeout = 10;
+    r->opt = *opts;
     r->base.ops = &redis_ops;
     return &r->base;
 }

@@ -56,6 +56,12 @@ static const struct option_def options[] = {
      "With acks_late, requeue a task whose process died instead of failing it"},
     {"visibility_timeout", "visibility-timeout", 0, OPT_DOUBLE, F(visibility_timeout), "3600",
      1, 1e9, NULL, "Seconds before an unacknowledged message is restored to its queue"},
+    {"sep", "sep", 0, OPT_STR, F(sep), NULL, 0, 0, NULL,
+     "Redis key separator of priority queues (broker_transport_options sep; default \\x06\\x16)"},
+    {"priority_steps", "priority-steps", 0, OPT_LIST, F(priority_steps), "0,3,6,9", 0, 0, NULL,
+     "Redis priority sub-queues, ascending from 0 (broker_transport_options priority_steps)"},
+    {"queue_order_strategy", "queue-order-strategy", 0, OPT_STR, F(queue_order_strategy),
+     "round_robin", 0, 0, NULL, "round_robin, sorted or priority (order queues are consumed in)"},
     {"unacked_restore_interval", "unacked-restore-interval", 0, OPT_DOUBLE,
      F(unacked_restore_interval), "60", 0.1, 86400, NULL,
      "Seconds between scans for unacknowledged messages past the visibility timeout"},
@@ -484,6 +490,21 @@ enum config_result config_load(struct config *c, int argc, char **argv)
             return CONFIG_EXIT_USAGE;
         }
     }
+    if (c->sep && (!*c->sep || strlen(c->sep) > 7)) {
+        fprintf(stderr, "celeriac: sep must be 1 to 7 characters\n");
+        return CONFIG_EXIT_USAGE;
+    }
+    if (strcmp(c->queue_order_strategy, "round_robin") != 0 &&
+        strcmp(c->queue_order_strategy, "sorted") != 0 &&
+        strcmp(c->queue_order_strategy, "priority") != 0) {
+        fprintf(stderr, "celeriac: queue_order_strategy must be round_robin, sorted or priority\n");
+        return CONFIG_EXIT_USAGE;
+    }
+    if (config_broker_options(c, NULL) < 0) {
+        fprintf(stderr, "celeriac: priority_steps must be 1 to 10 ascending numbers 0..9 "
+                        "starting with 0 (e.g. 0,3,6,9)\n");
+        return CONFIG_EXIT_USAGE;
+    }
     for (size_t i = 0; i < c->rate_limits.len; i++) {
         const char *eq = strchr(c->rate_limits.items[i], '=');
         if (!eq || eq == c->rate_limits.items[i] || config_parse_rate(eq + 1) < 0) {
@@ -517,6 +538,30 @@ enum config_result config_load(struct config *c, int argc, char **argv)
     free(c->hostname);
     c->hostname = host;
     return CONFIG_RUN;
+}
+
+int config_broker_options(const struct config *c, struct broker_options *out)
+{
+    struct broker_options o;
+    broker_options_default(&o);
+    if (c->sep)
+        snprintf(o.sep, sizeof o.sep, "%s", c->sep);
+    if (c->priority_steps.len < 1 || c->priority_steps.len > 10)
+        return CELERIAC_EINVAL;
+    for (size_t i = 0; i < c->priority_steps.len; i++) {
+        char *end;
+        long v = strtol(c->priority_steps.items[i], &end, 10);
+        if (*end || v < 0 || v > 9 || (i == 0 && v != 0) || (i > 0 && v <= o.steps[i - 1]))
+            return CELERIAC_EINVAL;
+        o.steps[i] = (int)v;
+    }
+    o.nsteps = c->priority_steps.len;
+    o.order = strcmp(c->queue_order_strategy, "sorted") == 0     ? QUEUE_ORDER_SORTED
+              : strcmp(c->queue_order_strategy, "priority") == 0 ? QUEUE_ORDER_PRIORITY
+                                                                 : QUEUE_ORDER_ROUND_ROBIN;
+    if (out)
+        *out = o;
+    return 0;
 }
 
 double config_parse_rate(const char *text)

@@ -4,6 +4,7 @@
 #define CELERIAC_CONFIG_H
 
 #include <stddef.h>
+#include "broker.h"
 #include "celeriac.h"
 #include "tasks/builtin.h"
 
@@ -27,6 +28,9 @@ struct config {
     int task_acks_late;
     int task_reject_on_worker_lost;
     double visibility_timeout;    /* broker_transport_options.visibility_timeout */
+    char *sep;                    /* broker_transport_options.sep; NULL = "\x06\x16" */
+    struct strlist priority_steps;/* broker_transport_options.priority_steps */
+    char *queue_order_strategy;   /* round_robin, sorted or priority */
     double unacked_restore_interval; /* seconds between restore scans */
     long result_expires;          /* seconds; 0 = never */
     int task_track_started;
@@ -72,6 +76,9 @@ void config_print_help(const char *prog);
 /* Expands %h (hostname), %n (name part), %d (domain), %% in a node name and
  * adds the "celeriac@" prefix when there is no '@'. Caller frees with free(). */
 char *config_expand_hostname(const char *pattern);
+/* The broker's layout options from the settings (sep, priority_steps,
+ * queue_order_strategy). out may be NULL to validate only. */
+int config_broker_options(const struct config *c, struct broker_options *out);
 /* Parses a Celery rate limit ("10/s", "100/m", "1000/h", "5"): tasks per
  * second, 0 for none, negative when malformed. */
 double config_parse_rate(const char *text);

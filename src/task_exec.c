@@ -65,7 +65,7 @@ static struct broker *publisher(void *ud)
     if (x->publisher || !x->broker_url || !*x->broker_url)
         return x->publisher;
     char err[256];
-    x->publisher = broker_new(x->broker_url, err, sizeof err);
+    x->publisher = broker_new(x->broker_url, &x->broker_opts, err, sizeof err);
     if (!x->publisher)
         log_error("broker (publishing): %s", err);
     else if (x->publisher->ops->connect_publisher(x->publisher) < 0)

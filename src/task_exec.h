@@ -19,6 +19,7 @@ struct task_exec {
     double backend_retry_timeout;
     const char *hostname;              /* borrowed: node name */
     struct task_message_limits limits;
+    struct broker_options broker_opts; /* layout for messages the pool publishes */
     double progress_interval;          /* see task_context_set_progress_interval() */
     struct backend *backend;           /* owned by the child, opened after fork */
     const char *broker_url;            /* borrowed: where canvas and retry messages go */

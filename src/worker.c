@@ -1592,7 +1592,10 @@ struct worker *worker_new(const struct config *cfg)
         if (rc < 0)
             goto fail;
     }
-    w->broker = broker_new(cfg->broker_url, err, sizeof err);
+    struct broker_options bopts;
+    config_broker_options(cfg, &bopts); /* validated by config_load */
+    w->exec.broker_opts = bopts;
+    w->broker = broker_new(cfg->broker_url, &bopts, err, sizeof err);
     if (!w->broker) {
         log_error("broker: %s", err);
         goto fail;
