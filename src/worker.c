@@ -1214,6 +1214,23 @@ static int loop_once(struct worker *w)
         if (dt < timeout)
             timeout = dt < 0 ? 0 : (int)dt + 1;
     }
+    /* Wake up for the nearest soft or hard time limit of a running task. */
+    double now_wall = util_now();
+    for (size_t i = 0; i < w->pool.n; i++) {
+        const struct job *j = w->pool.children[i].job;
+        if (!j || !j->time_start || j->timed_out || j->terminated)
+            continue;
+        double due = 0;
+        if (j->soft_limit > 0 && !j->soft_sent)
+            due = j->time_start + j->soft_limit;
+        if (j->hard_limit > 0 && (due == 0 || j->time_start + j->hard_limit < due))
+            due = j->time_start + j->hard_limit;
+        if (due > 0) {
+            double dt = (due - now_wall) * 1000;
+            if (dt < timeout)
+                timeout = dt < 0 ? 0 : (int)dt + 1;
+        }
+    }
     if (w->next_wake > 0) {
         double dt = (w->next_wake - util_monotonic()) * 1000;
         if (dt < timeout)
