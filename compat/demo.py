@@ -111,20 +111,23 @@ def run(doc, binary, timeout):
             else:
                 print(f"  {elapsed:6.2f}s  {state}")
 
-        state = "PENDING"
-        while state not in ("SUCCESS", "FAILURE", "REVOKED"):
-            msg = updates.get_message(timeout=0.1)
+        def drain(wait):
+            msg = updates.get_message(timeout=wait)
             while msg is not None:
                 if msg["type"] == "message":
                     meta = json.loads(msg["data"])
                     show(meta["status"], meta.get("result"))
                 msg = updates.get_message(timeout=0)
-            meta = result.backend.get_task_meta(result.id)  # and poll, like a dashboard
-            state = meta["status"]
-            if state not in ("SUCCESS", "FAILURE", "REVOKED"):
-                show(state, meta.get("result"))
+
+        # Updates are printed from the PUBLISH stream, which keeps their order;
+        # polling the stored state (as a dashboard would) only tells when to stop.
+        state = "PENDING"
+        while state not in ("SUCCESS", "FAILURE", "REVOKED"):
+            drain(0.1)
+            state = result.backend.get_task_meta(result.id)["status"]
             if time.monotonic() - started > timeout:
                 raise TimeoutError(f"no result after {timeout}s (last state {state})")
+        drain(0.2)  # what was published just before the final state was read
         updates.close()
 
         if state != "SUCCESS":
