@@ -2,7 +2,7 @@
 # compat/demo.sh, tests/run-tests.sh and .ci/run. It installs nothing by itself:
 # call celeriac_install_deps.
 
-CELERIAC_DEB_PACKAGES="libhiredis-dev libjansson-dev libmsgpack-dev librabbitmq-dev
+CELERIAC_DEB_PACKAGES="libhiredis-dev libyajl-dev libmsgpack-dev librabbitmq-dev
 libcurl4-openssl-dev libssl-dev zlib1g-dev libbz2-dev pkg-config cmake make gcc clang
 redis-server python3-celery python3-kombu python3-redis python3-pytest
 python3-pytest-timeout python3-fastapi python3-flask python3-httpx python3-msgpack

@@ -3,6 +3,7 @@ import base64
 import json
 import os
 import signal
+import socket
 import uuid
 
 import pytest
@@ -174,4 +175,44 @@ def test_malformed_messages_do_not_kill_worker(make_worker, redis_factory, app_f
     # Still healthy after all that.
     assert app.send_task("examples.echo", args=["still here"]).get(timeout=30) == \
         {"args": ["still here"], "kwargs": {}}
+    assert w.alive
+
+
+def test_pool_process_killed_during_a_flood_loses_nothing(make_worker, redis_factory,
+                                                           app_factory):
+    """Short tasks are queued in a busy pool process behind its current one (pipelining).
+    kill -9 of pool processes in the middle of a flood: the task each was running fails
+    with WorkerLostError, the ones queued behind it run in the replacement, none is lost.
+    The tasks sleep 0.2 ms: short enough to be queued (several fit the 2 ms budget), long
+    enough that a process usually holds a queued one when it is killed (the log says so:
+    "... queued in ForkPoolWorker-N and not started go to another process")."""
+    redis = redis_factory()
+    app = app_factory(redis)
+    w = make_worker(redis, concurrency=2)
+    warm = [app.send_task("examples.sleep", args=(0.0002,)) for i in range(20)]
+    assert [r.get(timeout=30) for r in warm] == [0.0002] * 20
+    # A backlog, so that jobs queue in the processes: consuming pauses while it is sent.
+    node = f"{w.name}@{socket.gethostname()}"
+    assert app.control.cancel_consumer("celery", destination=[node], reply=True, timeout=10)
+    n, kills = 2000, 4
+    results = [app.send_task("examples.sleep", args=(0.0002,)) for i in range(n)]
+    assert app.control.add_consumer("celery", destination=[node], reply=True, timeout=10)
+    ids = [r.id for r in results]
+    meta = redis.client(1)
+    killed = 0
+    for k in range(kills):
+        # Each kill once more of the flood has finished, so they land mid-run.
+        wait_for(lambda: meta.exists(f"celery-task-meta-{ids[(k + 1) * n // (kills + 2)]}"),
+                 60, "the flood to progress")
+        kids = child_pids(w.pid)
+        if kids:
+            os.kill(kids[k % len(kids)], signal.SIGKILL)
+            killed += 1
+    wait_for(lambda: None not in _statuses(redis, ids), 120, "a result for every task")
+    metas = [raw_meta(redis, i) for i in ids]
+    lost = [m for m in metas if m["status"] != "SUCCESS"]
+    assert all(m["status"] == "FAILURE" and m["result"]["exc_type"] == "WorkerLostError"
+               for m in lost), lost[:3]
+    assert len(lost) <= killed
+    wait_for(lambda: redis.client(0).hlen("unacked") == 0, 20, "unacked to empty")
     assert w.alive

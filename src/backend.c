@@ -77,6 +77,20 @@ char *backend_encode_meta(const struct result_meta *m, size_t *len)
     return out;
 }
 
+int backend_store_many(struct backend *b, size_t n, const char *const *task_ids,
+                       const char *const *jsons, const size_t *lens)
+{
+    if (b->ops->store_many)
+        return b->ops->store_many(b, n, task_ids, jsons, lens);
+    int result = 0;
+    for (size_t i = 0; i < n; i++) {
+        int rc = b->ops->store(b, task_ids[i], jsons[i], lens[i]);
+        if (rc < 0)
+            result = rc;
+    }
+    return result;
+}
+
 int backend_store_meta(struct backend *b, const struct result_meta *m)
 {
     size_t len;

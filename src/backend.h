@@ -26,6 +26,9 @@ struct backend_ops {
     /* Stores an encoded meta document for task_id unless the stored state is
      * already SUCCESS (success is final), and wakes waiters. 0 or negative. */
     int (*store)(struct backend *b, const char *task_id, const char *json, size_t len);
+    /* The same for n documents at once (NULL = store() one by one). */
+    int (*store_many)(struct backend *b, size_t n, const char *const *task_ids,
+                      const char *const *jsons, const size_t *lens);
     /* Reads the stored status into buf ("" when there is none). */
     int (*get_status)(struct backend *b, const char *task_id, char *buf, size_t len);
     /* ---- chord join (Celery's on_chord_part_return); NULL = not supported ---- */
@@ -61,6 +64,9 @@ void backend_free(struct backend *b);
 
 /* Encodes m as JSON (key order as Celery 5.2 writes it). Caller frees with free(). */
 char *backend_encode_meta(const struct result_meta *m, size_t *len);
+/* Stores n encoded documents (see backend_ops.store_many). */
+int backend_store_many(struct backend *b, size_t n, const char *const *task_ids,
+                       const char *const *jsons, const size_t *lens);
 /* Encodes and stores m. */
 int backend_store_meta(struct backend *b, const struct result_meta *m);
 /* Celery's exception document {"exc_type", "exc_message": [message], "exc_module"}.

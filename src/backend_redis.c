@@ -13,18 +13,30 @@
 #define TASK_KEY_PREFIX "celery-task-meta-"
 
 /* Celery reads the stored meta and never overwrites SUCCESS, then SETEX +
- * PUBLISH in one MULTI. This script does the same atomically in one round trip. */
+ * PUBLISH in one MULTI. This script does the same atomically in one round
+ * trip, for one key or a batch: KEYS are the meta keys, ARGV[i] the document
+ * of KEYS[i], the last ARGV the expiry in seconds (0 = none). */
 static const char store_script[] =
-    "local cur = redis.call('GET', KEYS[1])\n"
-    "if cur then\n"
-    "  local ok, doc = pcall(cjson.decode, cur)\n"
-    "  if ok and type(doc) == 'table' and doc['status'] == 'SUCCESS' then return 0 end\n"
+    "local ttl = tonumber(ARGV[#ARGV])\n"
+    "local n = 0\n"
+    "for i, key in ipairs(KEYS) do\n"
+    "  local cur = redis.call('GET', key)\n"
+    "  local final = false\n"
+    "  if cur then\n"
+    "    local ok, doc = pcall(cjson.decode, cur)\n"
+    "    final = ok and type(doc) == 'table' and doc['status'] == 'SUCCESS'\n"
+    "  end\n"
+    "  if not final then\n"
+    "    if ttl and ttl > 0 then redis.call('SETEX', key, ttl, ARGV[i])\n"
+    "    else redis.call('SET', key, ARGV[i]) end\n"
+    "    redis.call('PUBLISH', key, ARGV[i])\n"
+    "    n = n + 1\n"
+    "  end\n"
     "end\n"
-    "local ttl = tonumber(ARGV[2])\n"
-    "if ttl and ttl > 0 then redis.call('SETEX', KEYS[1], ttl, ARGV[1])\n"
-    "else redis.call('SET', KEYS[1], ARGV[1]) end\n"
-    "redis.call('PUBLISH', KEYS[1], ARGV[1])\n"
-    "return 1\n";
+    "return n\n";
+
+/* Documents stored per script call. */
+#define STORE_BATCH_MAX 128
 
 struct backend_redis {
     struct backend base;
@@ -51,30 +63,43 @@ static int ensure_connected(struct backend_redis *r)
     return 0;
 }
 
-static int store_once(struct backend_redis *r, const char *key, const char *json, size_t len)
+/* One script call for n documents (n <= STORE_BATCH_MAX). */
+static int store_once(struct backend_redis *r, size_t n, char *const *keys, const char *const *jsons,
+                      const size_t *lens)
 {
     int rc = ensure_connected(r);
     if (rc < 0)
         return rc;
-    char ttl[32];
+    char ttl[32], nkeys[16];
     snprintf(ttl, sizeof ttl, "%ld", r->base.expires);
-    const char *argv[6] = {"EVALSHA", r->sha, "1", key, json, ttl};
-    size_t lens[6] = {7, 40, 1, strlen(key), len, strlen(ttl)};
-    redisReply *rep = redis_conn_cmd(&r->conn, 6, argv, lens);
+    snprintf(nkeys, sizeof nkeys, "%zu", n);
+    const char *argv[4 + 2 * STORE_BATCH_MAX];
+    size_t alen[4 + 2 * STORE_BATCH_MAX];
+    int argc = 0;
+    argv[argc] = "EVALSHA", alen[argc++] = 7;
+    argv[argc] = r->sha, alen[argc++] = 40;
+    argv[argc] = nkeys, alen[argc++] = strlen(nkeys);
+    for (size_t i = 0; i < n; i++)
+        argv[argc] = keys[i], alen[argc++] = strlen(keys[i]);
+    for (size_t i = 0; i < n; i++)
+        argv[argc] = jsons[i], alen[argc++] = lens[i];
+    argv[argc] = ttl, alen[argc++] = strlen(ttl);
+    redisReply *rep = redis_conn_cmd(&r->conn, argc, argv, alen);
     if (rep && rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "NOSCRIPT", 8) == 0) {
         freeReplyObject(rep);
         argv[0] = "EVAL";
         argv[1] = store_script;
-        lens[0] = 4;
-        lens[1] = strlen(store_script);
-        rep = redis_conn_cmd(&r->conn, 6, argv, lens);
+        alen[0] = 4;
+        alen[1] = strlen(store_script);
+        rep = redis_conn_cmd(&r->conn, argc, argv, alen);
     }
     if (!rep) {
         snprintf(r->base.errstr, sizeof r->base.errstr, "%s", r->conn.errstr);
         return r->base.err = CELERIAC_ECONN;
     }
     if (rep->type == REDIS_REPLY_ERROR) {
-        snprintf(r->base.errstr, sizeof r->base.errstr, "storing %s: %s", key, rep->str);
+        snprintf(r->base.errstr, sizeof r->base.errstr, "storing %s%s: %s", keys[0],
+                 n > 1 ? " and others" : "", rep->str);
         freeReplyObject(rep);
         return r->base.err = CELERIAC_EPROTO;
     }
@@ -82,29 +107,56 @@ static int store_once(struct backend_redis *r, const char *key, const char *json
     return 0;
 }
 
-static int redis_store(struct backend *b, const char *task_id, const char *json, size_t len)
+/* Stores n documents in batches, retrying while the backend is unreachable
+ * (up to retry_timeout). */
+static int redis_store_many(struct backend *b, size_t n, const char *const *task_ids,
+                            const char *const *jsons, const size_t *lens)
 {
     struct backend_redis *r = (struct backend_redis *)b;
-    char key[512];
-    snprintf(key, sizeof key, TASK_KEY_PREFIX "%s", task_id);
-    double deadline = util_monotonic() + b->retry_timeout;
-    double wait = 0.05;
-    int warned = 0;
-    for (;;) {
-        int rc = store_once(r, key, json, len);
-        if (rc != CELERIAC_ECONN && rc != CELERIAC_ETIMEDOUT)
-            return rc;
-        if (util_monotonic() + wait > deadline) {
-            log_error("result for %s not stored: %s (gave up after %.0f s)", task_id, b->errstr,
-                      b->retry_timeout);
-            return rc;
+    int result = 0;
+    for (size_t off = 0; off < n; off += STORE_BATCH_MAX) {
+        size_t k = n - off < STORE_BATCH_MAX ? n - off : STORE_BATCH_MAX;
+        char *keys[STORE_BATCH_MAX];
+        size_t made = 0;
+        for (; made < k; made++) {
+            size_t idlen = strlen(task_ids[off + made]);
+            keys[made] = malloc(sizeof TASK_KEY_PREFIX + idlen);
+            if (!keys[made])
+                break;
+            memcpy(keys[made], TASK_KEY_PREFIX, sizeof TASK_KEY_PREFIX - 1);
+            memcpy(keys[made] + sizeof TASK_KEY_PREFIX - 1, task_ids[off + made], idlen + 1);
         }
-        if (!warned++)
-            log_warning("result backend unavailable (%s); retrying", b->errstr);
-        struct timespec ts = {(time_t)wait, (long)((wait - (double)(time_t)wait) * 1e9)};
-        nanosleep(&ts, NULL);
-        wait = wait * 2 > 2 ? 2 : wait * 2;
+        int rc = made < k ? CELERIAC_ENOMEM : 0;
+        double deadline = util_monotonic() + b->retry_timeout;
+        double wait = 0.05;
+        int warned = 0;
+        while (rc == 0) {
+            rc = store_once(r, k, keys, jsons + off, lens + off);
+            if (rc != CELERIAC_ECONN && rc != CELERIAC_ETIMEDOUT)
+                break;
+            if (util_monotonic() + wait > deadline) {
+                log_error("result for %s%s not stored: %s (gave up after %.0f s)",
+                          task_ids[off], k > 1 ? " and others" : "", b->errstr, b->retry_timeout);
+                break;
+            }
+            if (!warned++)
+                log_warning("result backend unavailable (%s); retrying", b->errstr);
+            struct timespec ts = {(time_t)wait, (long)((wait - (double)(time_t)wait) * 1e9)};
+            nanosleep(&ts, NULL);
+            wait = wait * 2 > 2 ? 2 : wait * 2;
+            rc = 0;
+        }
+        for (size_t i = 0; i < made; i++)
+            free(keys[i]);
+        if (rc < 0)
+            result = rc;
     }
+    return result;
+}
+
+static int redis_store(struct backend *b, const char *task_id, const char *json, size_t len)
+{
+    return redis_store_many(b, 1, &task_id, &json, &len);
 }
 
 static int redis_get_status(struct backend *b, const char *task_id, char *buf, size_t len)
@@ -313,6 +365,7 @@ static void redis_free(struct backend *b)
 static const struct backend_ops redis_ops = {
     .scheme = "redis",
     .store = redis_store,
+    .store_many = redis_store_many,
     .get_status = redis_get_status,
     .chord_part_return = redis_chord_part_return,
     .chord_clear = redis_chord_clear,

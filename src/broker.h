@@ -50,9 +50,10 @@ struct broker_ops {
      * BRPOP would serve them, without blocking. The first n_free are not
      * recorded as unacknowledged (the caller hands them to a process at once
      * with an early ack); the others are, atomically with the pop. Fills
-     * out[0..*count) (caller frees each body). */
-    int (*fetch_batch)(struct broker *b, size_t n_free, size_t n_reserve,
-                       struct broker_delivery *out, size_t *count);
+     * out[0..*count) (caller frees each body). The nacks delivery tags (borrowed)
+     * are acknowledged first, in the same round trip. */
+    int (*fetch_batch)(struct broker *b, const char *const *acks, size_t nacks, size_t n_free,
+                       size_t n_reserve, struct broker_delivery *out, size_t *count);
     /* Acknowledges several messages in one round trip. Borrowed tags. */
     int (*ack_many)(struct broker *b, const char **delivery_tags, size_t n);
     /* Records a delivered message as unacknowledged (Celery's QoS). */

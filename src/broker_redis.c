@@ -87,7 +87,9 @@ static void queue_of_key(const struct broker_redis *r, const char *key, size_t k
  * queue name, which routes a restore to the same queue. The delivery tag is
  * the last "delivery_tag" key (kombu writes properties last), found by plain
  * search from the tail (a Lua pattern over a large envelope costs Redis
- * ~0.1 ms); the caller checks it against the decoded message. */
+ * ~0.1 ms); the caller checks it against the decoded message. Acks of the
+ * caller ride along: ARGV after the queue names are delivery tags to remove
+ * from unacked first (kombu's basic_ack). */
 static const char fetch_script[] =
     "local function tag_of(v)\n"
     "  for _, key in ipairs({'\"delivery_tag\": \"', '\"delivery_tag\":\"'}) do\n"
@@ -108,6 +110,12 @@ static const char fetch_script[] =
     "  return ''\n"
     "end\n"
     "local nfree, nres, now = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]\n"
+    "local nq = #KEYS - 2\n"
+    "if #ARGV > 3 + nq then\n"
+    "  local acks = {unpack(ARGV, 4 + nq)}\n"
+    "  redis.call('ZREM', KEYS[2], unpack(acks))\n"
+    "  redis.call('HDEL', KEYS[1], unpack(acks))\n"
+    "end\n"
     "local out, z, h = {}, {}, {}\n"
     "for i = 3, #KEYS do\n"
     "  while nfree + nres > 0 do\n"
@@ -464,8 +472,9 @@ out:
     return rc;
 }
 
-static int redis_fetch_batch(struct broker *b, size_t n_free, size_t n_reserve,
-                             struct broker_delivery *out, size_t *count)
+static int redis_fetch_batch(struct broker *b, const char *const *acks, size_t nacks,
+                             size_t n_free, size_t n_reserve, struct broker_delivery *out,
+                             size_t *count)
 {
     struct broker_redis *r = (struct broker_redis *)b;
     *count = 0;
@@ -474,7 +483,7 @@ static int redis_fetch_batch(struct broker *b, size_t n_free, size_t n_reserve,
         return CELERIAC_ECONN;
     }
     size_t nkeys = r->nqueues * NSTEPS;
-    size_t argc = 3 + 2 + nkeys + 3 + nkeys;
+    size_t argc = 3 + 2 + nkeys + 3 + nkeys + nacks;
     const char **argv = calloc(argc, sizeof *argv);
     char (*keys)[256] = calloc(nkeys ? nkeys : 1, sizeof *keys);
     char **qjson = calloc(nkeys ? nkeys : 1, sizeof *qjson);
@@ -508,6 +517,8 @@ static int redis_fetch_batch(struct broker *b, size_t n_free, size_t n_reserve,
                 goto out;
             argv[k++] = qjson[st * r->nqueues + q];
         }
+    for (size_t i = 0; i < nacks; i++)
+        argv[k++] = acks[i];
     rep = redis_conn_cmd(&r->cmd, (int)k, argv, NULL);
     if (rep && rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "NOSCRIPT", 8) == 0) {
         freeReplyObject(rep);

@@ -704,6 +704,11 @@ static void chord_join(const struct canvas_env *e, const char *gid, const char *
     celeriac_value_free(partial);
 }
 
+int canvas_in_chord(const struct task_message *m)
+{
+    return embed(m, "chord") && m->group && m->id;
+}
+
 void canvas_chord_part(const struct canvas_env *e, const struct task_message *m,
                        const char *state, const celeriac_value *result)
 {

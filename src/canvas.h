@@ -34,6 +34,8 @@ int canvas_on_success(const struct canvas_env *e, const struct task_message *m,
  * it to the join; the part that completes the chord sends the body with the
  * ordered results, or stores ChordError on the body when a part failed and
  * sends the body's errbacks. Call after the part's own state was stored. */
+/* 1 when m is a header part of a chord (its outcome joins the chord). */
+int canvas_in_chord(const struct task_message *m);
 void canvas_chord_part(const struct canvas_env *e, const struct task_message *m,
                        const char *state, const celeriac_value *result);
 

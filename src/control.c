@@ -171,9 +171,11 @@ static celeriac_value *cmd_active(struct worker *w, const celeriac_value *a, int
 {
     int safe = arg_bool(a, "safe");
     celeriac_value *list = celeriac_value_new_array();
-    for (size_t i = 0; i < w->pool.n; i++)
-        if (w->pool.children[i].job)
-            celeriac_value_append(list, worker_request_info(w, w->pool.children[i].job, safe));
+    for (size_t i = 0; i < w->pool.n; i++) {
+        struct job *j = w->pool.children[i].job;
+        if (j && j->time_start) /* a job queued in a process is reserved until it starts */
+            celeriac_value_append(list, worker_request_info(w, j, safe));
+    }
     return list;
 }
 
@@ -181,6 +183,13 @@ static celeriac_value *cmd_reserved(struct worker *w, const celeriac_value *a, i
 {
     int safe = arg_bool(a, "safe");
     celeriac_value *list = celeriac_value_new_array();
+    for (size_t i = 0; i < w->pool.n; i++) {
+        const struct pool_child *c = &w->pool.children[i];
+        if (c->job && !((struct job *)c->job)->time_start)
+            celeriac_value_append(list, worker_request_info(w, c->job, safe));
+        for (size_t k = 0; k < c->nqueued; k++)
+            celeriac_value_append(list, worker_request_info(w, c->queued[k], safe));
+    }
     for (struct job *j = w->ready_head; j; j = j->next)
         celeriac_value_append(list, worker_request_info(w, j, safe));
     return list;
@@ -346,7 +355,7 @@ static celeriac_value *cmd_conf(struct worker *w, const celeriac_value *a, int *
 static const char *job_state(struct worker *w, const struct job *j)
 {
     for (size_t i = 0; i < w->pool.n; i++)
-        if (w->pool.children[i].job == j)
+        if (w->pool.children[i].job == j && j->time_start)
             return "active";
     return "reserved";
 }
@@ -367,9 +376,12 @@ static celeriac_value *cmd_query_task(struct worker *w, const celeriac_value *a,
             continue;
         struct job *found = NULL;
         for (size_t i = 0; i < w->pool.n && !found; i++) {
-            struct job *j = w->pool.children[i].job;
-            if (j && j->msg.id && strcmp(j->msg.id, id) == 0)
-                found = j;
+            const struct pool_child *c = &w->pool.children[i];
+            for (size_t q = 0; c->busy && q <= c->nqueued && !found; q++) {
+                struct job *j = q == 0 ? c->job : c->queued[q - 1];
+                if (j && j->msg.id && strcmp(j->msg.id, id) == 0)
+                    found = j;
+            }
         }
         for (size_t l = 0; l < 2 && !found; l++)
             for (struct job *j = all[l]; j && !found; j = j->next)

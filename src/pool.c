@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "celeriac.h"
@@ -37,21 +38,6 @@ static int write_all(int fd, const void *p, size_t n)
         }
         s += w;
         n -= (size_t)w;
-    }
-    return 0;
-}
-
-static int read_all(int fd, void *p, size_t n)
-{
-    char *s = p;
-    while (n) {
-        ssize_t r = read(fd, s, n);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            return CELERIAC_ECONN;
-        s += r;
-        n -= (size_t)r;
     }
     return 0;
 }
@@ -197,20 +183,53 @@ int pool_send(struct pool_child *c, uint32_t flags, const char *envelope, size_t
 {
     if (len > MAX_FRAME - 8)
         return CELERIAC_ETOOBIG;
+    if (c->busy && c->nqueued >= POOL_QUEUE_MAX)
+        return CELERIAC_EINVAL;
     unsigned char hdr[9];
     uint32_t total = (uint32_t)(len + 5);
     memcpy(hdr, &total, 4);
     hdr[4] = POOL_RUN;
     memcpy(hdr + 5, &flags, 4);
-    if (write_all(c->fd, hdr, sizeof hdr) < 0 || write_all(c->fd, envelope, len) < 0)
+    /* One syscall for the frame in the common case. */
+    struct iovec iov[2] = {{hdr, sizeof hdr}, {(void *)envelope, len}};
+    ssize_t w;
+    do
+        w = writev(c->fd, iov, 2);
+    while (w < 0 && errno == EINTR);
+    if (w < 0 && errno != EAGAIN)
         return CELERIAC_ECONN;
+    size_t done = w < 0 ? 0 : (size_t)w;
+    if (done < sizeof hdr && write_all(c->fd, hdr + done, sizeof hdr - done) < 0)
+        return CELERIAC_ECONN;
+    size_t body_done = done > sizeof hdr ? done - sizeof hdr : 0;
+    if (body_done < len && write_all(c->fd, envelope + body_done, len - body_done) < 0)
+        return CELERIAC_ECONN;
+    if (c->busy) {
+        c->queued[c->nqueued++] = job;
+        return 0;
+    }
     c->busy = 1;
     c->started = 0;
     c->job = job;
     return 0;
 }
 
-/* DONE payload: u8 status, f64 runtime, detail bytes. */
+void *pool_advance(struct pool_child *c)
+{
+    void *j = c->job;
+    c->started = 0;
+    if (c->nqueued == 0) {
+        c->job = NULL;
+        c->busy = 0;
+        return j;
+    }
+    c->job = c->queued[0];
+    memmove(c->queued, c->queued + 1, (c->nqueued - 1) * sizeof c->queued[0]);
+    c->nqueued--;
+    return j;
+}
+
+/* DONE payload: u8 status, f64 runtime, u32 detail length, detail, meta. */
 int pool_read(struct pool_child *c, int *type, struct pool_outcome *out)
 {
     for (;;) {
@@ -223,11 +242,24 @@ int pool_read(struct pool_child *c, int *type, struct pool_outcome *out)
                 const unsigned char *f = (const unsigned char *)c->in.p + 4;
                 *type = f[0];
                 if (*type == POOL_DONE) {
-                    if (total < 10)
+                    uint32_t dlen;
+                    if (total < 14)
                         return CELERIAC_EPROTO;
                     out->status = f[1];
                     memcpy(&out->runtime, f + 2, 8);
-                    out->detail = strndup((const char *)f + 10, total - 10);
+                    memcpy(&dlen, f + 10, 4);
+                    if (dlen > total - 14)
+                        return CELERIAC_EPROTO;
+                    out->detail = strndup((const char *)f + 14, dlen);
+                    out->meta_len = total - 14 - dlen;
+                    out->meta = NULL;
+                    if (out->meta_len) {
+                        out->meta = malloc(out->meta_len + 1);
+                        if (!out->meta)
+                            return CELERIAC_ENOMEM;
+                        memcpy(out->meta, f + 14 + dlen, out->meta_len);
+                        out->meta[out->meta_len] = 0;
+                    }
                 }
                 size_t used = 4 + (size_t)total;
                 memmove(c->in.p, c->in.p + used, c->in.len - used);
@@ -264,6 +296,7 @@ void pool_forget(struct pool_child *c)
     c->pid = 0;
     c->busy = 0;
     c->job = NULL;
+    c->nqueued = 0;
     buf_free(&c->in);
 }
 
@@ -290,46 +323,107 @@ void pool_free(struct pool *p)
     p->n = 0;
 }
 
-int pool_child_read(int fd, uint32_t *flags, struct buf *envelope)
+/* Appends what one read() returns; 0 at EOF or error. */
+static ssize_t link_fill(struct pool_link *l, int flags)
 {
+    if (l->in_off > 0 && l->in_off == l->in.len) {
+        l->in.len = 0;
+        l->in_off = 0;
+    } else if (l->in_off > 65536) {
+        memmove(l->in.p, l->in.p + l->in_off, l->in.len - l->in_off);
+        l->in.len -= l->in_off;
+        l->in_off = 0;
+    }
+    char tmp[65536];
+    ssize_t r;
+    do
+        r = recv(l->fd, tmp, sizeof tmp, flags);
+    while (r < 0 && errno == EINTR);
+    if (r > 0 && buf_append(&l->in, tmp, (size_t)r) < 0)
+        return -1;
+    return r;
+}
+
+/* Length of the whole frame at the read position, 0 if not all there yet. */
+static size_t link_frame(const struct pool_link *l, int *bad)
+{
+    size_t have = l->in.len - l->in_off;
+    *bad = 0;
+    if (have < 4)
+        return 0;
     uint32_t total;
-    unsigned char type;
-    if (read_all(fd, &total, 4) < 0)
-        return CELERIAC_ECONN;
-    if (total < 5 || total > MAX_FRAME || read_all(fd, &type, 1) < 0 || type != POOL_RUN ||
-        read_all(fd, flags, 4) < 0)
+    memcpy(&total, l->in.p + l->in_off, 4);
+    if (total < 5 || total > MAX_FRAME) {
+        *bad = 1;
+        return 0;
+    }
+    return have >= 4 + (size_t)total ? 4 + (size_t)total : 0;
+}
+
+int pool_child_read(struct pool_link *l, uint32_t *flags, const char **envelope, size_t *len)
+{
+    int bad;
+    size_t n;
+    while ((n = link_frame(l, &bad)) == 0) {
+        if (bad)
+            return CELERIAC_EPROTO;
+        if (pool_child_flush(l) < 0 || link_fill(l, 0) <= 0)
+            return CELERIAC_ECONN;
+    }
+    const char *f = l->in.p + l->in_off;
+    if ((unsigned char)f[4] != POOL_RUN)
         return CELERIAC_EPROTO;
-    envelope->len = 0;
-    size_t n = total - 5;
-    char *p = realloc(envelope->p, n + 1);
-    if (!p)
-        return CELERIAC_ENOMEM;
-    envelope->p = p;
-    envelope->cap = n + 1;
-    if (read_all(fd, p, n) < 0)
-        return CELERIAC_ECONN;
-    p[n] = 0;
-    envelope->len = n;
+    memcpy(flags, f + 5, 4);
+    *envelope = f + 9;
+    *len = n - 9;
+    l->in_off += n;
     return 0;
 }
 
-int pool_child_write(int fd, int type, const struct pool_outcome *out)
+int pool_child_pending(struct pool_link *l)
+{
+    int bad;
+    if (link_frame(l, &bad) || bad)
+        return 1;
+    if (link_fill(l, MSG_DONTWAIT) <= 0)
+        return 0;
+    return link_frame(l, &bad) > 0 || bad;
+}
+
+int pool_child_write(struct pool_link *l, int type, const struct pool_outcome *out)
 {
     size_t dlen = out && out->detail ? strlen(out->detail) : 0;
-    size_t total = type == POOL_DONE ? 10 + dlen : 1;
-    unsigned char hdr[14];
-    uint32_t t32 = (uint32_t)total;
+    size_t mlen = out && out->meta ? out->meta_len : 0;
+    size_t total = type == POOL_DONE ? 14 + dlen + mlen : 1;
+    if (total > MAX_FRAME)
+        return CELERIAC_ETOOBIG;
+    unsigned char hdr[18];
+    uint32_t t32 = (uint32_t)total, d32 = (uint32_t)dlen;
     memcpy(hdr, &t32, 4);
     hdr[4] = (unsigned char)type;
     size_t hlen = 5;
     if (type == POOL_DONE) {
         hdr[5] = (unsigned char)out->status;
         memcpy(hdr + 6, &out->runtime, 8);
-        hlen = 14;
+        memcpy(hdr + 14, &d32, 4);
+        hlen = 18;
     }
-    if (write_all(fd, hdr, hlen) < 0)
-        return CELERIAC_EIO;
-    if (dlen && write_all(fd, out->detail, dlen) < 0)
-        return CELERIAC_EIO;
+    if (buf_append(&l->out, hdr, hlen) < 0 || (dlen && buf_append(&l->out, out->detail, dlen) < 0) ||
+        (mlen && buf_append(&l->out, out->meta, mlen) < 0))
+        return CELERIAC_ENOMEM;
     return 0;
+}
+
+int pool_child_flush(struct pool_link *l)
+{
+    int rc = l->out.len ? write_all(l->fd, l->out.p, l->out.len) : 0;
+    l->out.len = 0;
+    return rc < 0 ? CELERIAC_EIO : 0;
+}
+
+void pool_link_free(struct pool_link *l)
+{
+    buf_free(&l->in);
+    buf_free(&l->out);
+    l->in_off = 0;
 }

@@ -9,11 +9,16 @@
 
 #include "util.h"
 
+/* Jobs a busy process may hold behind the one it runs (short tasks only;
+ * see dispatch() in worker.c). */
+#define POOL_QUEUE_MAX 8
+
 /* Frame types. */
 enum pool_frame {
     POOL_RUN = 1,     /* parent -> child: flags, envelope */
     POOL_STARTED = 2, /* child -> parent: task began (pid known) */
-    POOL_DONE = 3     /* child -> parent: outcome */
+    POOL_DONE = 3     /* child -> parent: outcome (u8 status, f64 runtime,
+                       * u32 detail length, detail, meta) */
 };
 
 /* Outcome of one task, as the child reports it. */
@@ -23,6 +28,10 @@ struct pool_outcome {
     int status;        /* enum pool_status */
     double runtime;    /* seconds the task function ran */
     char *detail;      /* owned: result repr (success) or exception repr (failure) */
+    char *meta;        /* owned: the encoded result meta for the parent to store
+                        * (batched with others, see task_exec.h); NULL when the
+                        * child stored it or nothing is stored */
+    size_t meta_len;
 };
 
 /* The function a child runs: reads frames from fd until EOF. It must return
@@ -35,7 +44,10 @@ struct pool_child {
     int index;         /* 1-based, as in ForkPoolWorker-<index> */
     int busy;          /* a job was sent and no DONE came back yet */
     int started;       /* the child said STARTED for the current job */
-    void *job;         /* borrowed: the worker's job while busy */
+    void *job;         /* borrowed: the worker's job while busy (the head of
+                        * the child's queue: running, or next to run) */
+    void *queued[POOL_QUEUE_MAX]; /* borrowed: jobs sent after job, in order */
+    size_t nqueued;
     struct buf in;     /* owned: bytes received, not yet a whole frame */
     unsigned tasks_run;/* jobs completed by this process */
     int retiring;      /* exits after its current job */
@@ -65,11 +77,15 @@ size_t pool_shrink(struct pool *p, size_t n);
 size_t pool_size(const struct pool *p);
 /* An idle child, or NULL. */
 struct pool_child *pool_idle(struct pool *p);
-/* Sends a job; marks the child busy with job. */
+/* Sends a job: it becomes the child's current job when the child is idle,
+ * otherwise it is queued behind (the caller checks nqueued < POOL_QUEUE_MAX). */
 int pool_send(struct pool_child *c, uint32_t flags, const char *envelope, size_t len, void *job);
+/* After a DONE: the next queued job (if any) becomes the current one.
+ * Returns the job that was current. */
+void *pool_advance(struct pool_child *c);
 /* Reads what is available from c->fd. Returns 1 with *type (and *out for DONE)
  * when a frame is complete, 0 when more bytes are needed, CELERIAC_ECONN on
- * EOF/error (the child is gone). Caller frees out->detail. */
+ * EOF/error (the child is gone). Caller frees out->detail and out->meta. */
 int pool_read(struct pool_child *c, int *type, struct pool_outcome *out);
 /* Finds the slot of a pid; NULL if none. */
 struct pool_child *pool_find_pid(struct pool *p, pid_t pid);
@@ -81,8 +97,23 @@ void pool_close(struct pool *p);
 void pool_kill(struct pool *p, int sig);
 void pool_free(struct pool *p);
 
-/* Child side: blocking frame I/O on fd. */
-int pool_child_read(int fd, uint32_t *flags, struct buf *envelope);
-int pool_child_write(int fd, int type, const struct pool_outcome *out);
+/* Child side: frames are read through a buffer (several jobs may arrive in
+ * one read) and written through another (a DONE can wait for the next
+ * STARTED, so one write carries both). */
+struct pool_link {
+    int fd;
+    struct buf in;  /* owned: bytes read, not yet consumed */
+    size_t in_off;  /* consumed prefix of in */
+    struct buf out; /* owned: frames not yet written */
+};
+/* Blocks for the next RUN frame. envelope points into link->in and stays
+ * valid until the next call. Returns 0, or negative at EOF/error. */
+int pool_child_read(struct pool_link *l, uint32_t *flags, const char **envelope, size_t *len);
+/* 1 when a whole frame is already buffered or readable without blocking. */
+int pool_child_pending(struct pool_link *l);
+/* Buffers a frame; flush writes everything buffered. */
+int pool_child_write(struct pool_link *l, int type, const struct pool_outcome *out);
+int pool_child_flush(struct pool_link *l);
+void pool_link_free(struct pool_link *l);
 
 #endif

@@ -84,7 +84,7 @@ static void format_seconds(double s, char *buf, size_t len)
 
 static void run_success(struct task_exec *x, const struct canvas_env *ce,
                         const struct task_message *m, celeriac_task *t, int ignore,
-                        struct pool_outcome *out)
+                        uint32_t flags, struct pool_outcome *out)
 {
     celeriac_value *result = task_context_take_result(t);
     celeriac_value *children = celeriac_value_new_array();
@@ -97,7 +97,10 @@ static void run_success(struct task_exec *x, const struct canvas_env *ce,
         struct result_meta rm = {.task_id = m->id, .status = "SUCCESS", .result = result,
                                  .group_id = m->group, .parent_id = m->parent_id, .ready = 1,
                                  .children = children};
-        backend_store_meta(x->backend, &rm);
+        if ((flags & EXEC_PARENT_STORES) && !canvas_in_chord(m))
+            out->meta = backend_encode_meta(&rm, &out->meta_len);
+        if (!out->meta)
+            backend_store_meta(x->backend, &rm);
     }
     canvas_chord_part(ce, m, "SUCCESS", result);
     celeriac_value_free(children);
@@ -162,14 +165,18 @@ static int run_retry(struct task_exec *x, const struct canvas_env *ce,
     return 0;
 }
 
-static void run_one(struct task_exec *x, int fd, const char *env, size_t len, uint32_t flags)
+static void run_one(struct task_exec *x, struct pool_link *l, const char *env, size_t len,
+                    uint32_t flags)
 {
     struct task_message m = {0};
     struct pool_outcome out = {.status = POOL_FAILURE};
     char err[256];
     int rc = task_message_decode(env, len, &x->limits, &m, err, sizeof err);
     const struct task_def *def = rc == 0 ? task_registry_find(x->registry, m.task) : NULL;
-    pool_child_write(fd, POOL_STARTED, NULL);
+    /* STARTED goes out now (with the DONE of the previous job, if that one
+     * waited): the parent acks, times limits and lists active from it. */
+    pool_child_write(l, POOL_STARTED, NULL);
+    pool_child_flush(l);
     if (!def) {
         /* The main process read only the headers: a malformed body shows up
          * here. Store it as Celery would fail an invalid task, so the caller
@@ -200,7 +207,7 @@ static void run_one(struct task_exec *x, int fd, const char *env, size_t len, ui
     out.runtime = util_monotonic() - t0;
 
     if (r == 0 && !t.failed) {
-        run_success(x, &ce, &m, &t, ignore, &out);
+        run_success(x, &ce, &m, &t, ignore, flags, &out);
     } else {
         char fallback[160];
         const char *type = t.failed ? t.exc_type : "RuntimeError";
@@ -219,8 +226,12 @@ static void run_one(struct task_exec *x, int fd, const char *env, size_t len, ui
     }
     task_context_clear(&t);
 done:
-    pool_child_write(fd, POOL_DONE, &out);
+    pool_child_write(l, POOL_DONE, &out);
+    /* With the next job already here the DONE rides with its STARTED. */
+    if (!pool_child_pending(l))
+        pool_child_flush(l);
     free(out.detail);
+    free(out.meta);
     task_message_clear(&m);
 }
 
@@ -240,10 +251,20 @@ void task_exec_child_main(int fd, int index, void *ud)
         if (!x->backend)
             log_error("result backend: %s", err);
     }
+    struct pool_link link = {.fd = fd};
     struct buf env = {0};
     uint32_t flags;
-    while (pool_child_read(fd, &flags, &env) == 0)
-        run_one(x, fd, env.p, env.len, flags);
+    const char *frame;
+    size_t len;
+    while (pool_child_read(&link, &flags, &frame, &len) == 0) {
+        /* A private copy: the link's buffer moves when more frames arrive. */
+        env.len = 0;
+        if (buf_append(&env, frame, len) < 0 || buf_append(&env, "", 1) < 0)
+            break;
+        run_one(x, &link, env.p, len, flags);
+    }
+    pool_child_flush(&link);
+    pool_link_free(&link);
     buf_free(&env);
     backend_free(x->backend);
     x->backend = NULL;

@@ -11,6 +11,11 @@
 /* Flags the parent sends with each job. */
 #define EXEC_TRACK_STARTED 0x1u
 #define EXEC_IGNORE_RESULT 0x2u
+/* The parent stores a SUCCESS sent back in the DONE frame (pool_outcome.meta)
+ * together with the other results of its loop iteration, in one call; the
+ * child still stores everything else itself (STARTED, progress, RETRY,
+ * FAILURE, and results of chord header parts, whose join follows the store). */
+#define EXEC_PARENT_STORES 0x4u
 
 struct task_exec {
     const celeriac_registry *registry; /* borrowed */

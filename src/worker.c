@@ -132,8 +132,59 @@ static void job_ack(struct worker *w, struct job *j)
     tag_push(w->state == W_RECONNECTING ? &w->pending_acks : &w->ack_batch, j->msg.delivery_tag);
 }
 
+/* Keeps a result a pool process sent back (EXEC_PARENT_STORES); takes doc. */
+static void result_push(struct worker *w, const char *task_id, char *doc, size_t len)
+{
+    struct result_batch *b = &w->results;
+    if (b->len == b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 16;
+        char **ids = realloc(b->ids, cap * sizeof *ids);
+        if (ids)
+            b->ids = ids;
+        char **docs = realloc(b->docs, cap * sizeof *docs);
+        if (docs)
+            b->docs = docs;
+        size_t *lens = realloc(b->lens, cap * sizeof *lens);
+        if (lens)
+            b->lens = lens;
+        if (!ids || !docs || !lens) {
+            /* Out of memory: store this one alone rather than lose it. */
+            backend_store_many(w->backend, 1, &task_id, (const char *const *)&doc, &len);
+            free(doc);
+            return;
+        }
+        b->cap = cap;
+    }
+    b->ids[b->len] = strdup(task_id);
+    if (!b->ids[b->len]) {
+        backend_store_many(w->backend, 1, &task_id, (const char *const *)&doc, &len);
+        free(doc);
+        return;
+    }
+    b->docs[b->len] = doc;
+    b->lens[b->len++] = len;
+}
+
+/* Stores the results of this loop iteration in one call; before the acks
+ * and events that follow them. */
+static void flush_results(struct worker *w)
+{
+    struct result_batch *b = &w->results;
+    if (b->len == 0)
+        return;
+    if (w->backend)
+        backend_store_many(w->backend, b->len, (const char *const *)b->ids,
+                           (const char *const *)b->docs, b->lens);
+    for (size_t i = 0; i < b->len; i++) {
+        free(b->ids[i]);
+        free(b->docs[i]);
+    }
+    b->len = 0;
+}
+
 static void flush_acks(struct worker *w)
 {
+    flush_results(w);
     struct tag_list *b = &w->ack_batch;
     if (b->len == 0)
         return;
@@ -274,11 +325,16 @@ static void event_failed(struct worker *w, const struct task_message *m, const c
     events_task(&w->events, "task-failed", f);
 }
 
-static void count_task(struct worker *w, const char *name)
+/* Counts a finished task; runtime < 0 when it did not run to an outcome
+ * (the process was lost), which then also ends its short-task estimate. */
+static void count_task(struct worker *w, const char *name, double runtime)
 {
     for (size_t i = 0; i < w->ntotals; i++)
         if (strcmp(w->totals[i].name, name) == 0) {
-            w->totals[i].count++;
+            struct task_total *t = &w->totals[i];
+            t->count++;
+            t->runtime = runtime < 0 ? 1e9 : t->count == 1 ? runtime
+                                                        : 0.8 * t->runtime + 0.2 * runtime;
             return;
         }
     struct task_total *t = realloc(w->totals, (w->ntotals + 1) * sizeof *t);
@@ -288,6 +344,7 @@ static void count_task(struct worker *w, const char *name)
     t[w->ntotals].name = strdup(name);
     if (t[w->ntotals].name) {
         t[w->ntotals].count = 1;
+        t[w->ntotals].runtime = runtime < 0 ? 1e9 : runtime;
         w->ntotals++;
     }
 }
@@ -324,6 +381,16 @@ static void ready_push(struct worker *w, struct job *j)
     else
         w->ready_head = j;
     w->ready_tail = j;
+    w->nready++;
+}
+
+/* Back at the head: a job a lost process had queued and never started. */
+static void ready_push_front(struct worker *w, struct job *j)
+{
+    j->next = w->ready_head;
+    w->ready_head = j;
+    if (!w->ready_tail)
+        w->ready_tail = j;
     w->nready++;
 }
 
@@ -446,7 +513,8 @@ static void on_message(struct worker *w, struct broker_delivery *d)
     }
     j->acks_late = w->cfg->task_acks_late || (def->flags & CELERIAC_TASK_ACKS_LATE);
     j->flags = (w->cfg->task_track_started ? EXEC_TRACK_STARTED : 0) |
-               (w->cfg->task_ignore_result ? EXEC_IGNORE_RESULT : 0);
+               (w->cfg->task_ignore_result ? EXEC_IGNORE_RESULT : 0) |
+               (w->backend ? EXEC_PARENT_STORES : 0);
     if (d->reserved) {
         /* Reserved by the batch fetch; the script read the tag with a pattern,
          * so make sure it is the message's own. */
@@ -561,13 +629,65 @@ static void job_limits(struct worker *w, struct job *j)
                                                : w->cfg->soft_time_limit;
 }
 
+/* Pipelining: a busy process may get further jobs queued behind its own
+ * when their tasks are known to be short (moving average of their run
+ * times), so it goes from one to the next without waiting for this process.
+ * The budget bounds the expected wait of the last queued job. Unknown tasks,
+ * and tasks whose processes were lost or timed out, only go to idle
+ * processes (Celery's fair scheduling). */
+#define PIPELINE_BUDGET 0.002
+
+static double task_estimate(const struct worker *w, const struct job *j)
+{
+    const char *name = task_message_display_name(&j->msg);
+    for (size_t i = 0; i < w->ntotals; i++)
+        if (strcmp(w->totals[i].name, name) == 0)
+            return w->totals[i].runtime;
+    return 1e9;
+}
+
+/* A busy process that can take j behind its current work, or NULL. */
+static struct pool_child *pipeline_slot(struct worker *w, struct job *j)
+{
+    if (w->state != W_RUNNING || j->msg.time_limit > 0 || j->msg.soft_time_limit > 0)
+        return NULL;
+    j->estimate = task_estimate(w, j);
+    if (j->estimate > PIPELINE_BUDGET / 2)
+        return NULL;
+    struct pool_child *best = NULL;
+    double best_load = PIPELINE_BUDGET;
+    for (size_t i = 0; i < w->pool.n; i++) {
+        struct pool_child *c = &w->pool.children[i];
+        if (!c->pid || c->fd < 0 || c->retiring || !c->busy || !c->job ||
+            c->nqueued >= POOL_QUEUE_MAX)
+            continue;
+        if (w->cfg->max_tasks_per_child > 0 &&
+            c->tasks_run + c->nqueued + 2 >= (unsigned)w->cfg->max_tasks_per_child)
+            continue;
+        double load = task_estimate(w, c->job);
+        for (size_t k = 0; k < c->nqueued; k++)
+            load += ((const struct job *)c->queued[k])->estimate;
+        if (load + j->estimate <= best_load) {
+            best = c;
+            best_load = load + j->estimate;
+        }
+    }
+    return best;
+}
+
 static void dispatch(struct worker *w)
 {
     struct pool_child *c;
     struct job **pp = &w->ready_head, *prev = NULL;
     double mono = util_monotonic();
     w->next_wake = 0;
-    while (*pp && (c = pool_idle(&w->pool))) {
+    while (*pp) {
+        c = pool_idle(&w->pool);
+        int queue = 0;
+        if (!c && (c = pipeline_slot(w, *pp)) != NULL)
+            queue = 1;
+        if (!c)
+            break;
         /* Rate-limited tasks wait in place; the others go past them. */
         double wait = 0;
         if (!rate_take(find_policy(w, (*pp)->msg.task), mono, &wait)) {
@@ -604,18 +724,30 @@ static void dispatch(struct worker *w)
             continue;
         }
         job_limits(w, j);
+        /* A queued job waits in the process: it stays in unacked until the
+         * process says STARTED (read_child() acks it then). */
+        if (queue && !j->reserved)
+            job_reserve(w, j);
         if (pool_send(c, j->flags, j->envelope, j->len, j) < 0) {
             /* The child is gone; keep the job for the next one. */
             log_warning("pool process %d did not take a job; replacing it", (int)c->pid);
             ready_push(w, j);
             kill(c->pid, SIGKILL);
-            c->busy = 1;
-            c->job = NULL;
+            /* Nothing more goes to it; reap_children() handles its jobs. */
+            if (!queue) {
+                c->busy = 1;
+                c->job = NULL;
+            } else if (c->fd >= 0) {
+                close(c->fd);
+                c->fd = -1;
+            }
             continue;
         }
         w->nactive++;
-        j->time_start = util_now();
         j->worker_pid = c->pid;
+        if (queue)
+            continue;
+        j->time_start = util_now();
         if (!j->acks_late)
             job_ack(w, j); /* Celery's default: acknowledged when the pool accepts it */
     }
@@ -663,18 +795,20 @@ static void recycle_child(struct worker *w, struct pool_child *c)
         shutdown(c->fd, SHUT_WR);
 }
 
-static void job_done(struct worker *w, struct pool_child *c, const struct pool_outcome *o)
+static void job_done(struct worker *w, struct pool_child *c, struct pool_outcome *o)
 {
-    struct job *j = c->job;
-    c->job = NULL;
-    c->busy = 0;
+    struct job *j = pool_advance(c);
     c->tasks_run++;
     if (!j)
         return;
+    if (o->meta && j->msg.id) {
+        result_push(w, j->msg.id, o->meta, o->meta_len);
+        o->meta = NULL;
+    }
     w->nactive--;
     w->processed++;
     const char *name = task_message_display_name(&j->msg);
-    count_task(w, name);
+    count_task(w, name, o->runtime);
     if (o->status == POOL_SUCCESS) {
         log_info("Task %s[%s] succeeded in %.6fs: %s", name, j->msg.id, o->runtime,
                  o->detail ? o->detail : "None");
@@ -743,14 +877,35 @@ static void child_lost(struct worker *w, struct pool_child *c, int status)
 {
     char how[64];
     describe_status(status, how, sizeof how);
+    /* Jobs it had queued and never started go back to the head of the ready
+     * list, in order (still in unacked); so does a current job it never
+     * said STARTED for. */
+    size_t back = c->nqueued;
+    while (c->nqueued > 0) {
+        struct job *q = c->queued[--c->nqueued];
+        q->worker_pid = 0;
+        w->nactive--;
+        ready_push_front(w, q);
+    }
     struct job *j = c->job;
+    if (j && !j->time_start) {
+        j->worker_pid = 0;
+        w->nactive--;
+        ready_push_front(w, j);
+        c->job = NULL;
+        j = NULL;
+        back++;
+    }
+    if (back)
+        log_warning("%zu job(s) queued in ForkPoolWorker-%d and not started go to another process",
+                    back, c->index);
     if (j) {
         const char *name = task_message_display_name(&j->msg);
         log_error("Process 'ForkPoolWorker-%d' pid:%d exited with '%s' while running %s[%s]",
                   c->index, (int)c->pid, how, name, j->msg.id);
         w->nactive--;
         w->processed++;
-        count_task(w, name);
+        count_task(w, name, -1);
         if (j->terminated) {
             /* Revoked with terminate: REVOKED was stored when it was signalled. */
             job_ack(w, j);
@@ -817,6 +972,8 @@ static void child_lost(struct worker *w, struct pool_child *c, int status)
         log_error("cannot replace pool process: %s", w->pool.errstr);
 }
 
+static void terminate_job(struct worker *w, struct pool_child *c, struct job *j);
+
 static void read_child(struct worker *w, struct pool_child *c)
 {
     for (;;) {
@@ -834,6 +991,14 @@ static void read_child(struct worker *w, struct pool_child *c)
         if (type == POOL_STARTED) {
             c->started = 1;
             struct job *j = c->job;
+            if (j && !j->time_start) {
+                /* A job that waited in the process: accepted now. */
+                j->time_start = util_now();
+                if (!j->acks_late)
+                    job_ack(w, j);
+                if (j->terminate_pending)
+                    terminate_job(w, c, j);
+            }
             celeriac_value *f = j ? fields_uuid(&j->msg) : NULL;
             if (f)
                 events_task(&w->events, "task-started", f);
@@ -841,6 +1006,7 @@ static void read_child(struct worker *w, struct pool_child *c)
         else if (type == POOL_DONE)
             job_done(w, c, &o);
         free(o.detail);
+        free(o.meta);
     }
 }
 
@@ -884,7 +1050,7 @@ static int connect_broker(struct worker *w)
  * longer than visibility_timeout; this is the safe difference. */
 static void refresh_held(struct worker *w)
 {
-    size_t cap = w->nready + w->nscheduled + w->pool.n, n = 0;
+    size_t cap = w->nready + w->nscheduled + w->pool.n * (1 + POOL_QUEUE_MAX), n = 0;
     const char **tags = calloc(cap ? cap : 1, sizeof *tags);
     if (!tags)
         return;
@@ -895,9 +1061,12 @@ static void refresh_held(struct worker *w)
         if (j->reserved && !j->acked)
             tags[n++] = j->msg.delivery_tag;
     for (size_t i = 0; i < w->pool.n && n < cap; i++) {
-        struct job *j = w->pool.children[i].job;
-        if (j && j->reserved && !j->acked)
-            tags[n++] = j->msg.delivery_tag;
+        const struct pool_child *c = &w->pool.children[i];
+        for (size_t k = 0; k <= c->nqueued && n < cap; k++) {
+            const struct job *j = k == 0 ? c->job : c->queued[k - 1];
+            if (j && j->reserved && !j->acked)
+                tags[n++] = j->msg.delivery_tag;
+        }
     }
     if (n && w->broker->ops->refresh(w->broker, tags, n) < 0)
         broker_lost(w, "refresh");
@@ -1084,12 +1253,12 @@ static void begin_cold_stop(struct worker *w, int force)
      * are gone, as with Celery. */
     for (size_t i = 0; i < w->pool.n; i++) {
         struct pool_child *c = &w->pool.children[i];
-        struct job *j = c->job;
-        if (j) {
+        while (c->busy) {
+            struct job *j = pool_advance(c);
+            if (!j)
+                break;
             job_restore(w, j);
             job_free(j);
-            c->job = NULL;
-            c->busy = 0;
             w->nactive--;
         }
     }
@@ -1163,7 +1332,19 @@ static size_t fetch_now(struct worker *w)
         n_res = FETCH_BATCH_MAX > n_free ? FETCH_BATCH_MAX - n_free : 0;
     struct broker_delivery d[FETCH_BATCH_MAX];
     size_t count = 0;
-    if (w->broker->ops->fetch_batch(w->broker, n_free, n_res, d, &count) < 0)
+    /* This iteration's acks go in the same round trip, after the results
+     * they follow. */
+    flush_results(w);
+    struct tag_list *acks = &w->ack_batch;
+    int rc = w->broker->ops->fetch_batch(w->broker, (const char *const *)acks->tags, acks->len,
+                                         n_free, n_res, d, &count);
+    for (size_t i = 0; i < acks->len; i++) {
+        if (rc < 0)
+            tag_push(&w->pending_acks, acks->tags[i]);
+        free(acks->tags[i]);
+    }
+    acks->len = 0;
+    if (rc < 0)
         broker_lost(w, "fetch");
     for (size_t i = 0; i < count; i++)
         on_message(w, &d[i]);
@@ -1292,7 +1473,12 @@ static int loop_once(struct worker *w)
             }
     }
 flush:
-    flush_acks(w);
+    /* With more messages waiting, the next iteration fetches at once and its
+     * fetch carries the acks; the results go now, before the events. */
+    if (w->more && can_fetch(w))
+        flush_results(w);
+    else
+        flush_acks(w);
     if (w->state != W_RECONNECTING && w->events.broker &&
         events_flush(&w->events) < 0 && w->state < W_WARM_STOP)
         broker_lost(w, "events");
@@ -1448,6 +1634,20 @@ void worker_clock_adjust(struct worker *w, unsigned long other)
     w->clock = (other > w->clock ? other : w->clock) + 1;
 }
 
+/* Revoke with terminate of a running job: REVOKED now, the signal to its
+ * process (child_lost() then acks it without a WorkerLostError). */
+static void terminate_job(struct worker *w, struct pool_child *c, struct job *j)
+{
+    log_info("Terminating %s (%s)", j->msg.id,
+             sigabbrev_np(j->signum) ? sigabbrev_np(j->signum) : "?");
+    j->terminated = 1;
+    j->terminate_pending = 0;
+    job_body(w, j);
+    store_revoked(w, &j->msg, "terminated");
+    event_revoked(w, &j->msg, 1, j->signum, 0);
+    kill(c->pid, j->signum);
+}
+
 size_t worker_revoke(struct worker *w, const char *const *ids, size_t n, int terminate,
                      int signum, const char **terminated, size_t max)
 {
@@ -1459,20 +1659,19 @@ size_t worker_revoke(struct worker *w, const char *const *ids, size_t n, int ter
             continue;
         for (size_t k = 0; k < w->pool.n; k++) {
             struct pool_child *c = &w->pool.children[k];
-            struct job *j = c->job;
-            if (!j || !j->msg.id || strcmp(j->msg.id, ids[i]) != 0 || j->terminated)
-                continue;
-            log_info("Terminating %s (%s)", j->msg.id, sigabbrev_np(signum) ? sigabbrev_np(signum)
-                                                                             : "?");
-            j->terminated = 1;
-            j->signum = signum;
-            job_body(w, j);
-            store_revoked(w, &j->msg, "terminated");
-            event_revoked(w, &j->msg, 1, signum, 0);
-            kill(c->pid, signum);
-            if (nterm < max)
-                terminated[nterm] = j->msg.id;
-            nterm++;
+            for (size_t q = 0; c->busy && q <= c->nqueued; q++) {
+                struct job *j = q == 0 ? c->job : c->queued[q - 1];
+                if (!j || !j->msg.id || strcmp(j->msg.id, ids[i]) != 0 || j->terminated)
+                    continue;
+                j->signum = signum;
+                if (q == 0 && j->time_start)
+                    terminate_job(w, c, j);
+                else
+                    j->terminate_pending = 1; /* queued: when its process starts it */
+                if (nterm < max)
+                    terminated[nterm] = j->msg.id;
+                nterm++;
+            }
         }
     }
     revoked_save(&w->revoked);
@@ -1675,8 +1874,13 @@ void worker_free(struct worker *w)
         w->scheduled = j->next;
         job_free(j);
     }
-    for (size_t i = 0; i < w->pool.n; i++)
-        job_free(w->pool.children[i].job);
+    for (size_t i = 0; i < w->pool.n; i++) {
+        struct pool_child *c = &w->pool.children[i];
+        job_free(c->job);
+        for (size_t k = 0; k < c->nqueued; k++)
+            job_free(c->queued[k]);
+        c->nqueued = 0;
+    }
     pool_free(&w->pool);
     for (size_t i = 0; i < w->pending_acks.len; i++)
         free(w->pending_acks.tags[i]);
@@ -1684,6 +1888,10 @@ void worker_free(struct worker *w)
     for (size_t i = 0; i < w->ack_batch.len; i++)
         free(w->ack_batch.tags[i]);
     free(w->ack_batch.tags);
+    flush_results(w);
+    free(w->results.ids);
+    free(w->results.docs);
+    free(w->results.lens);
     events_clear(&w->events);
     revoked_free(&w->revoked);
     for (size_t i = 0; i < w->queues.len; i++)

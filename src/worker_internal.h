@@ -46,6 +46,8 @@ struct job {
     double soft_limit;       /* effective soft time limit, seconds (0 = none) */
     int soft_sent;           /* the soft limit signal was sent */
     int timed_out;           /* killed at the hard limit */
+    int terminate_pending;   /* revoked with terminate while queued in a process */
+    double estimate;         /* expected run time (s) when queued behind another job */
     struct job *next;        /* ready/scheduled list link */
 };
 
@@ -70,6 +72,11 @@ struct worker {
     size_t prefetch_limit;
     struct tag_list pending_acks;        /* acks to send once the broker is back */
     struct tag_list ack_batch;           /* acks of this loop iteration, sent together */
+    struct result_batch {                /* results the pool sent back to store, sent together */
+        char **ids, **docs;              /* owned */
+        size_t *lens;
+        size_t len, cap;
+    } results;
     int more;                            /* the last batch fetch was full: fetch again soon */
     int sigpipe[2];
     double next_restore;                 /* monotonic */
@@ -113,6 +120,7 @@ struct task_policy {
 struct task_total {
     char *name;          /* owned */
     unsigned long count;
+    double runtime;      /* moving average of the run time reported by the pool, s */
 };
 
 /* Handles one pidbox request envelope (control.c). */

@@ -4,6 +4,7 @@
 
 #include "serializer.h"
 #include "test.h"
+#include "util.h"
 #include "value.h"
 
 static celeriac_value *jdec(const char *s, int *rc)
@@ -56,6 +57,21 @@ TEST(json_decode_basic)
     CHECK_EQ_INT(rc, 0);
     check_repr(v, "{'a': 3, 'b': 2}");
     celeriac_value_free(v);
+    /* The same in an object past the inline search (checked when it closes). */
+    struct buf big = {0};
+    buf_puts(&big, "{\"dup\": 0");
+    for (int i = 0; i < 100; i++)
+        buf_printf(&big, ", \"k%d\": %d", i, i);
+    buf_puts(&big, ", \"dup\": 7, \"k5\": 55}");
+    v = jdec(big.p, &rc);
+    CHECK_EQ_INT(rc, 0);
+    CHECK_EQ_INT(celeriac_value_len(v), 101);
+    CHECK_EQ_INT(celeriac_value_int(celeriac_value_get(v, "dup")), 7);
+    CHECK_EQ_INT(celeriac_value_int(celeriac_value_get(v, "k5")), 55);
+    CHECK_EQ_INT(celeriac_value_int(celeriac_value_get(v, "k99")), 99);
+    CHECK(strcmp(((struct celeriac_value *)v)->u.o.keys[0], "dup") == 0);
+    celeriac_value_free(v);
+    buf_free(&big);
 }
 
 TEST(json_decode_rejects)
