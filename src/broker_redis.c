@@ -3,6 +3,7 @@
  * restore. It does not decode task messages (only envelopes it restores). */
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -444,6 +445,15 @@ static char *json_string(const char *s)
     return out;
 }
 
+/* The unacked_index score: kombu writes time() as a float; whole seconds,
+ * rounded up, compare the same way in every restore scan (a message can only
+ * look younger, by < 1 s, never older) and cost Redis a third as much in
+ * ZADD (listpack scores are stored as text: 3.6 instead of 11 us for 5). */
+static void unacked_score(char *buf, size_t len)
+{
+    snprintf(buf, len, "%.0f", ceil(util_now()));
+}
+
 static int redis_reserve(struct broker *b, const struct broker_reservation *res,
                          const char *body, size_t len)
 {
@@ -456,7 +466,7 @@ static int redis_reserve(struct broker *b, const struct broker_reservation *res,
         buf_printf(&v, ", %s, %s]", ex, rk) < 0)
         goto out;
     char score[40];
-    snprintf(score, sizeof score, "%.6f", util_now());
+    unacked_score(score, sizeof score);
     const char *multi[1] = {"MULTI"}, *exec[1] = {"EXEC"};
     const char *zadd[4] = {"ZADD", UNACKED_INDEX, score, res->delivery_tag};
     const char *hset[4] = {"HSET", UNACKED, res->delivery_tag, v.p};
@@ -495,7 +505,7 @@ static int redis_fetch_batch(struct broker *b, const char *const *acks, size_t n
     snprintf(nkeys_s, sizeof nkeys_s, "%zu", nkeys + 2);
     snprintf(nf, sizeof nf, "%zu", n_free);
     snprintf(nr, sizeof nr, "%zu", n_reserve);
-    snprintf(now, sizeof now, "%.6f", util_now());
+    unacked_score(now, sizeof now);
     size_t k = 0;
     argv[k++] = "EVALSHA";
     argv[k++] = r->fetch_sha;
@@ -834,7 +844,7 @@ static int redis_refresh(struct broker *b, const char **tags, size_t n)
     if (!argv)
         return CELERIAC_ENOMEM;
     char score[40];
-    snprintf(score, sizeof score, "%.6f", util_now());
+    unacked_score(score, sizeof score);
     argv[0] = "ZADD";
     argv[1] = UNACKED_INDEX;
     argv[2] = "XX";
