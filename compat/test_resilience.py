@@ -183,7 +183,7 @@ def test_pool_process_killed_during_a_flood_loses_nothing(make_worker, redis_fac
     """Short tasks are queued in a busy pool process behind its current one (pipelining).
     kill -9 of pool processes in the middle of a flood: the task each was running fails
     with WorkerLostError, the ones queued behind it run in the replacement, none is lost.
-    The tasks sleep 0.2 ms: short enough to be queued (several fit the 2 ms budget), long
+    The tasks sleep 0.2 ms: short enough to be queued (several fit the 4 ms budget), long
     enough that a process usually holds a queued one when it is killed (the log says so:
     "... queued in ForkPoolWorker-N and not started go to another process")."""
     redis = redis_factory()

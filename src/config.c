@@ -112,6 +112,10 @@ static const struct option_def options[] = {
      "Replace a pool process whose resident memory exceeds this many KiB (0 = never)"},
     {"worker_autoscale", "autoscale", 0, OPT_STR, F(autoscale), NULL, 0, 0, NULL,
      "MAX,MIN: grow the pool up to MAX processes under load, shrink to MIN when idle"},
+    {"worker_pipeline_budget", "pipeline-budget", 0, OPT_DOUBLE, F(pipeline_budget), "0.004", 0,
+     10, NULL,
+     "Seconds of expected work a busy pool process may hold queued behind its current task "
+     "(tasks averaging under half of it; 0 = only idle processes get tasks)"},
     {"progress_interval", "progress-interval", 0, OPT_DOUBLE, F(progress_interval), "0.05", 0,
      3600, NULL, "Minimum seconds between two stored PROCESSING updates of a task (first always)"},
     {"heartbeat_interval", "heartbeat-interval", 0, OPT_DOUBLE, F(heartbeat_interval), "2.0",

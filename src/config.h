@@ -56,6 +56,7 @@ struct config {
     char *autoscale;              /* "MAX,MIN" or NULL */
     long autoscale_max, autoscale_min; /* parsed from autoscale; 0 = off */
     double progress_interval;     /* minimum seconds between stored progress updates */
+    double pipeline_budget;       /* expected seconds queued in a busy process (0 = off) */
     double heartbeat_interval;    /* worker-heartbeat period, seconds */
     int without_heartbeat;        /* send no worker-heartbeat */
     char *statedb;                /* revoked ids persisted here (-S) */

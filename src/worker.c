@@ -632,10 +632,10 @@ static void job_limits(struct worker *w, struct job *j)
 /* Pipelining: a busy process may get further jobs queued behind its own
  * when their tasks are known to be short (moving average of their run
  * times), so it goes from one to the next without waiting for this process.
- * The budget bounds the expected wait of the last queued job. Unknown tasks,
- * and tasks whose processes were lost or timed out, only go to idle
- * processes (Celery's fair scheduling). */
-#define PIPELINE_BUDGET 0.002
+ * The budget (--pipeline-budget, default 4 ms) bounds the expected wait of
+ * the last queued job; only tasks averaging under half of it are queued.
+ * Unknown tasks, and tasks whose processes were lost or timed out, only go
+ * to idle processes (Celery's fair scheduling). */
 
 static double task_estimate(const struct worker *w, const struct job *j)
 {
@@ -651,11 +651,14 @@ static struct pool_child *pipeline_slot(struct worker *w, struct job *j)
 {
     if (w->state != W_RUNNING || j->msg.time_limit > 0 || j->msg.soft_time_limit > 0)
         return NULL;
+    double budget = w->cfg->pipeline_budget;
+    if (budget <= 0)
+        return NULL;
     j->estimate = task_estimate(w, j);
-    if (j->estimate > PIPELINE_BUDGET / 2)
+    if (j->estimate > budget / 2)
         return NULL;
     struct pool_child *best = NULL;
-    double best_load = PIPELINE_BUDGET;
+    double best_load = budget;
     for (size_t i = 0; i < w->pool.n; i++) {
         struct pool_child *c = &w->pool.children[i];
         if (!c->pid || c->fd < 0 || c->retiring || !c->busy || !c->job ||
