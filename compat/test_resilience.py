@@ -216,3 +216,27 @@ def test_pool_process_killed_during_a_flood_loses_nothing(make_worker, redis_fac
     assert len(lost) <= killed
     wait_for(lambda: redis.client(0).hlen("unacked") == 0, 20, "unacked to empty")
     assert w.alive
+
+
+def test_result_backend_down_keeps_the_worker_answering(make_worker, redis_factory,
+                                                         app_factory):
+    """Result backend on its own Redis, stopped for a while: the worker keeps consuming and
+    answering remote control (finished results wait in the main process, retried once a
+    second, not in a blocking call), and every result is stored once the backend is back."""
+    broker = redis_factory()
+    backend = redis_factory(persistent=True)
+    app = app_factory(broker)  # sends and pings over the broker; results are read below
+    w = make_worker(broker, concurrency=2, extra=["--result-backend", backend.url(1)])
+    first = app.send_task("examples.add", args=(1, 1)).id
+    wait_for(lambda: raw_meta(backend, first), 30, "a result in the separate backend")
+    backend.stop()
+    ids = [app.send_task("examples.add", args=(i, i)).id for i in range(20)]
+    wait_for(lambda: broker.client(0).llen("celery") == 0, 30, "the queue to drain")
+    node = f"{w.name}@{socket.gethostname()}"
+    replies = app.control.ping(destination=[node], timeout=5)
+    assert replies and node in replies[0], f"no ping reply while the backend is down: {replies}"
+    backend.start()
+    wait_for(lambda: all((raw_meta(backend, i) or {}).get("status") == "SUCCESS" for i in ids),
+             60, "every result once the backend is back")
+    assert [raw_meta(backend, i)["result"] for i in ids] == [2 * i for i in range(20)]
+    assert w.alive

@@ -50,7 +50,8 @@ struct backend_ops {
 struct backend {
     const struct backend_ops *ops;
     long expires;          /* result_expires seconds, 0 = keep forever */
-    double retry_timeout;  /* how long store() retries while unreachable */
+    double retry_timeout;  /* how long store() retries while unreachable; negative:
+                            * one attempt, no log (the caller retries later) */
     int err;               /* last CELERIAC_E* */
     char errstr[256];      /* last error, one line */
 };

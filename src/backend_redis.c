@@ -134,6 +134,8 @@ static int redis_store_many(struct backend *b, size_t n, const char *const *task
             rc = store_once(r, k, keys, jsons + off, lens + off);
             if (rc != CELERIAC_ECONN && rc != CELERIAC_ETIMEDOUT)
                 break;
+            if (b->retry_timeout < 0)
+                break; /* one attempt: the caller keeps the documents and retries */
             if (util_monotonic() + wait > deadline) {
                 log_error("result for %s%s not stored: %s (gave up after %.0f s)",
                           task_ids[off], k > 1 ? " and others" : "", b->errstr, b->retry_timeout);

@@ -165,26 +165,61 @@ static void result_push(struct worker *w, const char *task_id, char *doc, size_t
     b->lens[b->len++] = len;
 }
 
+/* Results a batch may hold while the backend is down before fetching stops. */
+#define RESULTS_PENDING_MAX 10000
+
 /* Stores the results of this loop iteration in one call; before the acks
- * and events that follow them. */
-static void flush_results(struct worker *w)
+ * and events that follow them. One attempt, so the loop (heartbeats, remote
+ * control, time limits) keeps running while the backend is down: the
+ * results are kept and retried every second, until
+ * result_backend_retry_timeout has passed (then they are dropped with an
+ * error, as a pool process gives up). Returns 0 when nothing is left
+ * pending, CELERIAC_ECONN while results wait (their acks wait too). */
+static int flush_results(struct worker *w)
 {
     struct result_batch *b = &w->results;
     if (b->len == 0)
-        return;
-    if (w->backend)
-        backend_store_many(w->backend, b->len, (const char *const *)b->ids,
-                           (const char *const *)b->docs, b->lens);
+        return 0;
+    double mono = util_monotonic();
+    if (w->backend && b->retry_at > mono)
+        return CELERIAC_ECONN;
+    int rc = 0;
+    if (w->backend) {
+        double saved = w->backend->retry_timeout;
+        w->backend->retry_timeout = -1;
+        rc = backend_store_many(w->backend, b->len, (const char *const *)b->ids,
+                                (const char *const *)b->docs, b->lens);
+        w->backend->retry_timeout = saved;
+    }
+    if (rc == CELERIAC_ECONN || rc == CELERIAC_ETIMEDOUT) {
+        if (b->failing_since == 0) {
+            b->failing_since = mono;
+            log_warning("result backend unavailable (%s); keeping %zu result(s) and retrying",
+                        w->backend->errstr, b->len);
+        }
+        if (mono - b->failing_since < w->cfg->result_backend_retry_timeout) {
+            b->retry_at = mono + 1.0;
+            return CELERIAC_ECONN;
+        }
+        log_error("%zu result(s) not stored, e.g. %s: %s (gave up after %.0f s)", b->len,
+                  b->ids[0], w->backend->errstr, w->cfg->result_backend_retry_timeout);
+    } else if (b->failing_since != 0) {
+        log_info("result backend reachable again: %zu kept result(s) stored", b->len);
+    }
+    b->failing_since = 0;
+    b->retry_at = 0;
     for (size_t i = 0; i < b->len; i++) {
         free(b->ids[i]);
         free(b->docs[i]);
     }
     b->len = 0;
+    return 0;
 }
 
 static void flush_acks(struct worker *w)
 {
-    flush_results(w);
+    if (flush_results(w) < 0)
+        return; /* the acks follow the results they belong to */
     struct tag_list *b = &w->ack_batch;
     if (b->len == 0)
         return;
@@ -1295,6 +1330,8 @@ static int can_fetch(const struct worker *w)
         return 0;
     if (w->nscheduled >= MAX_SCHEDULED)
         return 0;
+    if (w->results.len >= RESULTS_PENDING_MAX)
+        return 0; /* the result backend is down: stop taking work */
     /* Refill the window in batches: wait until half of it is free unless the
      * processes would otherwise run out of work. */
     size_t room = prefetch_room(w);
@@ -1337,16 +1374,17 @@ static size_t fetch_now(struct worker *w)
     size_t count = 0;
     /* This iteration's acks go in the same round trip, after the results
      * they follow. */
-    flush_results(w);
     struct tag_list *acks = &w->ack_batch;
-    int rc = w->broker->ops->fetch_batch(w->broker, (const char *const *)acks->tags, acks->len,
+    size_t nacks = flush_results(w) < 0 ? 0 : acks->len;
+    int rc = w->broker->ops->fetch_batch(w->broker, (const char *const *)acks->tags, nacks,
                                          n_free, n_res, d, &count);
-    for (size_t i = 0; i < acks->len; i++) {
+    for (size_t i = 0; i < nacks; i++) {
         if (rc < 0)
             tag_push(&w->pending_acks, acks->tags[i]);
         free(acks->tags[i]);
     }
-    acks->len = 0;
+    memmove(acks->tags, acks->tags + nacks, (acks->len - nacks) * sizeof *acks->tags);
+    acks->len -= nacks;
     if (rc < 0)
         broker_lost(w, "fetch");
     for (size_t i = 0; i < count; i++)

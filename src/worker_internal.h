@@ -76,6 +76,8 @@ struct worker {
         char **ids, **docs;              /* owned */
         size_t *lens;
         size_t len, cap;
+        double retry_at;                 /* monotonic: next attempt while the backend is down */
+        double failing_since;            /* monotonic: first failed attempt, 0 = none */
     } results;
     int more;                            /* the last batch fetch was full: fetch again soon */
     int sigpipe[2];
