@@ -1383,7 +1383,8 @@ static size_t fetch_now(struct worker *w)
             tag_push(&w->pending_acks, acks->tags[i]);
         free(acks->tags[i]);
     }
-    memmove(acks->tags, acks->tags + nacks, (acks->len - nacks) * sizeof *acks->tags);
+    if (nacks > 0 && acks->len > nacks)
+        memmove(acks->tags, acks->tags + nacks, (acks->len - nacks) * sizeof *acks->tags);
     acks->len -= nacks;
     if (rc < 0)
         broker_lost(w, "fetch");
