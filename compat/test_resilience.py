@@ -218,6 +218,7 @@ def test_pool_process_killed_during_a_flood_loses_nothing(make_worker, redis_fac
     assert w.alive
 
 
+@pytest.mark.celeriac_only  # the harness's Python worker takes its backend from its app module
 def test_result_backend_down_keeps_the_worker_answering(make_worker, redis_factory,
                                                          app_factory):
     """Result backend on its own Redis, stopped for a while: the worker keeps consuming and
