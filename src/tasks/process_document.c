@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <threads.h>
 
 #include <openssl/evp.h>
 
@@ -266,8 +267,8 @@ static int is_uspace(uint32_t cp)
  * outside the common punctuation and symbol blocks. */
 static int is_word_cp(uint32_t cp)
 {
-    if (cp < 0x80)
-        return isalnum((int)cp) != 0;
+    if (cp < 0x80) /* isalnum() in the C locale, without the table call */
+        return (cp >= '0' && cp <= '9') || ((cp | 32) >= 'a' && (cp | 32) <= 'z');
     if (is_uspace(cp) || cp <= 0xBF || cp == 0xD7 || cp == 0xF7)
         return 0;
     if ((cp >= 0x2000 && cp <= 0x2BFF) || (cp >= 0x3000 && cp <= 0x303F) ||
@@ -675,9 +676,26 @@ static enum doc_type by_content_type(const char *ct)
 static const char *find_ci(const char *s, size_t n, const char *needle)
 {
     size_t m = strlen(needle);
-    for (size_t i = 0; i + m <= n; i++)
-        if (strncasecmp(s + i, needle, m) == 0)
-            return s + i;
+    if (m == 0)
+        return s;
+    if (m > n)
+        return NULL;
+    /* Candidates by their first byte (memchr when it has no case), then the
+     * rest compared: a sniff runs a dozen needles over 4 KB. */
+    unsigned char lo = (unsigned char)tolower((unsigned char)needle[0]);
+    unsigned char up = (unsigned char)toupper(lo);
+    const char *end = s + n - m + 1; /* candidates start before end */
+    for (const char *p = s; p < end; p++) {
+        if (lo == up) {
+            p = memchr(p, lo, (size_t)(end - p));
+            if (!p)
+                return NULL;
+        } else if ((unsigned char)*p != lo && (unsigned char)*p != up) {
+            continue;
+        }
+        if (strncasecmp(p + 1, needle + 1, m - 1) == 0)
+            return p;
+    }
     return NULL;
 }
 
@@ -1434,15 +1452,37 @@ static const char *const stopwords[] = {
     "would", "wouldn", "you", "your", "yours", "yourself", "yourselves",
 };
 
-static int cmp_str(const void *key, const void *elem)
+#define STOPWORD_MAX 10    /* bytes of the longest stopword */
+#define STOPWORD_SLOTS 512 /* open addressing, a quarter full */
+
+static uint64_t hash_bytes(const char *s, size_t n);
+
+/* Indexes + 1 into stopwords, by hash; built once per process. */
+static unsigned short stop_slots[STOPWORD_SLOTS];
+static once_flag stop_once = ONCE_FLAG_INIT;
+
+static void stop_build(void)
 {
-    return strcmp((const char *)key, *(const char *const *)elem);
+    for (size_t i = 0; i < sizeof stopwords / sizeof stopwords[0]; i++) {
+        size_t j = hash_bytes(stopwords[i], strlen(stopwords[i])) & (STOPWORD_SLOTS - 1);
+        while (stop_slots[j])
+            j = (j + 1) & (STOPWORD_SLOTS - 1);
+        stop_slots[j] = (unsigned short)(i + 1);
+    }
 }
 
-static int is_stopword(const char *w)
+static int is_stopword(const char *w, size_t len)
 {
-    size_t n = sizeof stopwords / sizeof stopwords[0];
-    return bsearch(w, stopwords, n, sizeof stopwords[0], cmp_str) != NULL;
+    if (len > STOPWORD_MAX)
+        return 0;
+    call_once(&stop_once, stop_build);
+    size_t j = hash_bytes(w, len) & (STOPWORD_SLOTS - 1);
+    for (; stop_slots[j]; j = (j + 1) & (STOPWORD_SLOTS - 1)) {
+        const char *s = stopwords[stop_slots[j] - 1];
+        if (strncmp(s, w, len) == 0 && s[len] == '\0')
+            return 1;
+    }
+    return 0;
 }
 
 /* Term counts: open addressing over terms kept NUL-separated in one arena. */
@@ -1533,22 +1573,30 @@ static int top_terms(struct doc *d)
     while (rc == 0 && i <= n) {
         uint32_t cp = ' ';
         size_t k = 1;
-        if (i < n)
-            k = utf8_next((const unsigned char *)s, n, i, &cp);
+        if (i < n) {
+            if ((unsigned char)s[i] < 0x80)
+                cp = (unsigned char)s[i]; /* ASCII: no decoding */
+            else
+                k = utf8_next((const unsigned char *)s, n, i, &cp);
+        }
         if (i < n && is_word_cp(cp)) {
             char enc[4];
-            size_t el = utf8_put(lower_cp(cp), enc);
+            size_t el = 1;
+            if (cp < 0x80)
+                enc[0] = (char)(cp >= 'A' && cp <= 'Z' ? cp + 32 : cp);
+            else
+                el = utf8_put(lower_cp(cp), enc);
             if (wl + el > TERM_MAX_BYTES)
                 too_long = 1;
             else {
                 memcpy(word + wl, enc, el);
                 wl += el;
             }
-            if (!(cp < 0x80 && isdigit((int)cp)))
+            if (!(cp >= '0' && cp <= '9'))
                 letters++;
         } else if (wl > 0 || too_long) {
             word[wl] = '\0';
-            if (!too_long && letters >= 3 && !is_stopword(word))
+            if (!too_long && letters >= 3 && !is_stopword(word, wl))
                 rc = terms_add(&tt, word, wl);
             wl = letters = 0;
             too_long = 0;
@@ -1597,8 +1645,11 @@ static int stage_analyse(struct doc *d)
     const char *s = d->text.p;
     size_t n = d->text.len;
     for (size_t i = 0; i < n;) {
-        uint32_t cp;
-        i += utf8_next((const unsigned char *)s, n, i, &cp);
+        uint32_t cp = (unsigned char)s[i];
+        if (cp < 0x80)
+            i++; /* ASCII: no decoding */
+        else
+            i += utf8_next((const unsigned char *)s, n, i, &cp);
         d->chars++;
         if (cp == '\n')
             d->lines++;
