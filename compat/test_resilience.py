@@ -241,3 +241,31 @@ def test_result_backend_down_keeps_the_worker_answering(make_worker, redis_facto
              60, "every result once the backend is back")
     assert [raw_meta(backend, i)["result"] for i in ids] == [2 * i for i in range(20)]
     assert w.alive
+
+
+@pytest.mark.celeriac_only
+def test_acks_late_ack_waits_for_its_stored_result(make_worker, redis_factory, app_factory):
+    """acks_late: a message is acknowledged only after its result is stored. With the
+    result backend down the finished tasks' messages stay in unacked (the main process
+    holds the results and retries), and are acked once the results are in."""
+    broker = redis_factory()
+    backend = redis_factory(persistent=True)
+    app = app_factory(broker)
+    w = make_worker(broker, concurrency=2,
+                    extra=["--result-backend", backend.url(1), "--task-acks-late"])
+    first = app.send_task("examples.add", args=(1, 1)).id
+    wait_for(lambda: raw_meta(backend, first), 30, "a result in the separate backend")
+    client = broker.client(0)
+    wait_for(lambda: client.hlen("unacked") == 0, 10, "the first message acked")
+    backend.stop()
+    ids = [app.send_task("examples.add", args=(i, i)).id for i in range(6)]
+    wait_for(lambda: client.llen("celery") == 0, 30, "the queue to drain")
+    wait_for(lambda: "result backend unavailable" in w._new_text(), 30,
+             "the worker to notice the backend is down")
+    # Finished, results held: their messages are still unacked.
+    assert client.hlen("unacked") == 6, client.hkeys("unacked")
+    backend.start()
+    wait_for(lambda: all((raw_meta(backend, i) or {}).get("status") == "SUCCESS" for i in ids),
+             60, "every result once the backend is back")
+    wait_for(lambda: client.hlen("unacked") == 0, 20, "the acks after the stored results")
+    assert w.alive

@@ -77,6 +77,26 @@ char *backend_encode_meta(const struct result_meta *m, size_t *len)
     return out;
 }
 
+int backend_store_send(struct backend *b, size_t n, const char *const *task_ids,
+                       const char *const *jsons, const size_t *lens)
+{
+    if (b->ops->store_many_send && b->ops->store_many_recv)
+        return b->ops->store_many_send(b, n, task_ids, jsons, lens);
+    double saved = b->retry_timeout;
+    b->retry_timeout = -1;
+    b->send_rc = backend_store_many(b, n, task_ids, jsons, lens);
+    b->retry_timeout = saved;
+    return 0;
+}
+
+int backend_store_recv(struct backend *b, size_t n, const char *const *task_ids,
+                       const char *const *jsons, const size_t *lens)
+{
+    if (b->ops->store_many_send && b->ops->store_many_recv)
+        return b->ops->store_many_recv(b, n, task_ids, jsons, lens);
+    return b->send_rc;
+}
+
 int backend_store_many(struct backend *b, size_t n, const char *const *task_ids,
                        const char *const *jsons, const size_t *lens)
 {

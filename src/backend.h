@@ -29,6 +29,14 @@ struct backend_ops {
     /* The same for n documents at once (NULL = store() one by one). */
     int (*store_many)(struct backend *b, size_t n, const char *const *task_ids,
                       const char *const *jsons, const size_t *lens);
+    /* store_many in two halves, so a caller can overlap the round trip with
+     * another: send() writes the request (0, or negative when it could not),
+     * recv() reads its outcome and takes the same arguments (the documents
+     * must live until then; it may resend them). Both NULL = not split. */
+    int (*store_many_send)(struct backend *b, size_t n, const char *const *task_ids,
+                           const char *const *jsons, const size_t *lens);
+    int (*store_many_recv)(struct backend *b, size_t n, const char *const *task_ids,
+                           const char *const *jsons, const size_t *lens);
     /* Reads the stored status into buf ("" when there is none). */
     int (*get_status)(struct backend *b, const char *task_id, char *buf, size_t len);
     /* ---- chord join (Celery's on_chord_part_return); NULL = not supported ---- */
@@ -54,6 +62,7 @@ struct backend {
                             * one attempt, no log (the caller retries later) */
     int err;               /* last CELERIAC_E* */
     char errstr[256];      /* last error, one line */
+    int send_rc;           /* outcome kept by backend_store_send() when not split */
 };
 
 /* Opens a backend by URL scheme (redis://, redis+socket://, unix://). The
@@ -67,6 +76,15 @@ void backend_free(struct backend *b);
 char *backend_encode_meta(const struct result_meta *m, size_t *len);
 /* Stores n encoded documents (see backend_ops.store_many). */
 int backend_store_many(struct backend *b, size_t n, const char *const *task_ids,
+                       const char *const *jsons, const size_t *lens);
+/* backend_store_many() in two halves (see backend_ops.store_many_send):
+ * every successful send must be followed by one recv with the same
+ * arguments before the backend is used again. A backend that cannot split
+ * stores in send() and reports the outcome from recv(). One attempt each,
+ * whatever retry_timeout says. */
+int backend_store_send(struct backend *b, size_t n, const char *const *task_ids,
+                       const char *const *jsons, const size_t *lens);
+int backend_store_recv(struct backend *b, size_t n, const char *const *task_ids,
                        const char *const *jsons, const size_t *lens);
 /* Encodes and stores m. */
 int backend_store_meta(struct backend *b, const struct result_meta *m);

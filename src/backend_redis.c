@@ -43,65 +43,120 @@ static const char store_script[] =
 
 struct backend_redis {
     struct backend base;
-    struct redis_conn conn;
-    char sha[41];       /* SHA1 of store_script once loaded */
+    struct redis_conn conn;  /* every call but the split store */
+    struct redis_conn split; /* store_many_send/recv only, so a reply still in flight
+                              * never meets another command's */
+    char sha[41];            /* SHA1 of store_script once loaded */
 };
 
-static int ensure_connected(struct backend_redis *r)
+static int ensure_link(struct backend_redis *r, struct redis_conn *c)
 {
-    if (r->conn.ctx)
+    if (c->ctx)
         return 0;
-    int rc = redis_conn_open(&r->conn);
+    int rc = redis_conn_open(c);
     if (rc < 0) {
         r->base.err = rc;
-        snprintf(r->base.errstr, sizeof r->base.errstr, "%s", r->conn.errstr);
+        snprintf(r->base.errstr, sizeof r->base.errstr, "%s", c->errstr);
         return rc;
     }
-    redisReply *rep = redis_conn_cmdf(&r->conn, "SCRIPT LOAD %s", store_script);
-    if (!rep)
+    redisReply *rep = redis_conn_cmdf(c, "SCRIPT LOAD %s", store_script);
+    if (!rep) {
+        snprintf(r->base.errstr, sizeof r->base.errstr, "%s", c->errstr);
         return r->base.err = CELERIAC_ECONN;
+    }
     if (rep->type == REDIS_REPLY_STRING && rep->len == 40)
         memcpy(r->sha, rep->str, 41);
     freeReplyObject(rep);
     return 0;
 }
 
-/* One script call for n documents (n <= STORE_BATCH_MAX). */
-static int store_once(struct backend_redis *r, size_t n, char *const *keys, const char *const *jsons,
-                      const size_t *lens)
+static int ensure_connected(struct backend_redis *r)
 {
-    int rc = ensure_connected(r);
-    if (rc < 0)
-        return rc;
+    return ensure_link(r, &r->conn);
+}
+
+/* Appends one script call for n documents (n <= STORE_BATCH_MAX) to the
+ * link's output buffer; by SHA, or with the script text when eval is set. */
+static int append_store(struct backend_redis *r, struct redis_conn *c, size_t n,
+                        const char *const *task_ids, const char *const *jsons,
+                        const size_t *lens, int eval)
+{
     char ttl[32], nkeys[16];
     snprintf(ttl, sizeof ttl, "%ld", r->base.expires);
     snprintf(nkeys, sizeof nkeys, "%zu", n);
     const char *argv[4 + 2 * STORE_BATCH_MAX];
     size_t alen[4 + 2 * STORE_BATCH_MAX];
-    int argc = 0;
-    argv[argc] = "EVALSHA", alen[argc++] = 7;
-    argv[argc] = r->sha, alen[argc++] = 40;
-    argv[argc] = nkeys, alen[argc++] = strlen(nkeys);
+    size_t total = 0;
     for (size_t i = 0; i < n; i++)
-        argv[argc] = keys[i], alen[argc++] = strlen(keys[i]);
+        total += sizeof TASK_KEY_PREFIX + strlen(task_ids[i]);
+    char *keys = malloc(total ? total : 1);
+    if (!keys) {
+        snprintf(r->base.errstr, sizeof r->base.errstr, "out of memory");
+        return r->base.err = CELERIAC_ENOMEM;
+    }
+    int argc = 0;
+    argv[argc] = eval ? "EVAL" : "EVALSHA", alen[argc++] = eval ? 4 : 7;
+    argv[argc] = eval ? store_script : r->sha;
+    alen[argc++] = eval ? strlen(store_script) : 40;
+    argv[argc] = nkeys, alen[argc++] = strlen(nkeys);
+    char *k = keys;
+    for (size_t i = 0; i < n; i++) {
+        size_t idlen = strlen(task_ids[i]);
+        memcpy(k, TASK_KEY_PREFIX, sizeof TASK_KEY_PREFIX - 1);
+        memcpy(k + sizeof TASK_KEY_PREFIX - 1, task_ids[i], idlen);
+        argv[argc] = k, alen[argc++] = sizeof TASK_KEY_PREFIX - 1 + idlen;
+        k += sizeof TASK_KEY_PREFIX - 1 + idlen;
+    }
     for (size_t i = 0; i < n; i++)
         argv[argc] = jsons[i], alen[argc++] = lens[i];
     argv[argc] = ttl, alen[argc++] = strlen(ttl);
-    redisReply *rep = redis_conn_cmd(&r->conn, argc, argv, alen);
-    if (rep && rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "NOSCRIPT", 8) == 0) {
-        freeReplyObject(rep);
-        argv[0] = "EVAL";
-        argv[1] = store_script;
-        alen[0] = 4;
-        alen[1] = strlen(store_script);
-        rep = redis_conn_cmd(&r->conn, argc, argv, alen);
+    int ok = redisAppendCommandArgv(c->ctx, argc, argv, alen) == REDIS_OK;
+    free(keys);
+    if (!ok) {
+        snprintf(r->base.errstr, sizeof r->base.errstr, "out of memory");
+        return r->base.err = CELERIAC_ENOMEM;
     }
-    if (!rep) {
-        snprintf(r->base.errstr, sizeof r->base.errstr, "%s", r->conn.errstr);
+    return 0;
+}
+
+/* Writes what append_store() queued. */
+static int flush_out(struct backend_redis *r, struct redis_conn *c)
+{
+    int done = 0;
+    while (!done)
+        if (redisBufferWrite(c->ctx, &done) != REDIS_OK) {
+            redis_conn_fail(c, "EVALSHA");
+            snprintf(r->base.errstr, sizeof r->base.errstr, "%s", c->errstr);
+            return r->base.err = CELERIAC_ECONN;
+        }
+    return 0;
+}
+
+/* Reads the reply of one script call; a script the server lost (restart,
+ * SCRIPT FLUSH) is sent again as EVAL. */
+static int read_store(struct backend_redis *r, struct redis_conn *c, size_t n, const char *const *task_ids,
+                      const char *const *jsons, const size_t *lens)
+{
+    redisReply *rep = NULL;
+    if (!c->ctx || redis_conn_pipeline_read(c, &rep, 1) < 0) {
+        snprintf(r->base.errstr, sizeof r->base.errstr, "%s", c->errstr);
         return r->base.err = CELERIAC_ECONN;
     }
+    if (rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "NOSCRIPT", 8) == 0) {
+        freeReplyObject(rep);
+        rep = NULL;
+        int rc = append_store(r, c, n, task_ids, jsons, lens, 1);
+        if (rc == 0)
+            rc = flush_out(r, c);
+        if (rc < 0)
+            return rc;
+        if (redis_conn_pipeline_read(c, &rep, 1) < 0) {
+            snprintf(r->base.errstr, sizeof r->base.errstr, "%s", c->errstr);
+            return r->base.err = CELERIAC_ECONN;
+        }
+    }
     if (rep->type == REDIS_REPLY_ERROR) {
-        snprintf(r->base.errstr, sizeof r->base.errstr, "storing %s%s: %s", keys[0],
+        snprintf(r->base.errstr, sizeof r->base.errstr, "storing %s%s: %s", task_ids[0],
                  n > 1 ? " and others" : "", rep->str);
         freeReplyObject(rep);
         return r->base.err = CELERIAC_EPROTO;
@@ -110,53 +165,80 @@ static int store_once(struct backend_redis *r, size_t n, char *const *keys, cons
     return 0;
 }
 
-/* Stores n documents in batches, retrying while the backend is unreachable
- * (up to retry_timeout). */
-static int redis_store_many(struct backend *b, size_t n, const char *const *task_ids,
-                            const char *const *jsons, const size_t *lens)
+/* Sends every batch of the n documents in one write on link c. */
+static int store_send(struct backend_redis *r, struct redis_conn *c, size_t n,
+                      const char *const *task_ids, const char *const *jsons, const size_t *lens)
 {
-    struct backend_redis *r = (struct backend_redis *)b;
+    int rc = ensure_link(r, c);
+    for (size_t off = 0; rc == 0 && off < n; off += STORE_BATCH_MAX) {
+        size_t k = n - off < STORE_BATCH_MAX ? n - off : STORE_BATCH_MAX;
+        rc = append_store(r, c, k, task_ids + off, jsons + off, lens + off, 0);
+    }
+    if (rc == 0)
+        rc = flush_out(r, c);
+    else if (rc != CELERIAC_ECONN)
+        redis_conn_fail(c, "EVALSHA"); /* drop half-queued commands */
+    return rc;
+}
+
+/* Reads the outcome of every batch store_send() wrote on link c. */
+static int store_recv(struct backend_redis *r, struct redis_conn *c, size_t n,
+                      const char *const *task_ids, const char *const *jsons, const size_t *lens)
+{
     int result = 0;
     for (size_t off = 0; off < n; off += STORE_BATCH_MAX) {
         size_t k = n - off < STORE_BATCH_MAX ? n - off : STORE_BATCH_MAX;
-        char *keys[STORE_BATCH_MAX];
-        size_t made = 0;
-        for (; made < k; made++) {
-            size_t idlen = strlen(task_ids[off + made]);
-            keys[made] = malloc(sizeof TASK_KEY_PREFIX + idlen);
-            if (!keys[made])
-                break;
-            memcpy(keys[made], TASK_KEY_PREFIX, sizeof TASK_KEY_PREFIX - 1);
-            memcpy(keys[made] + sizeof TASK_KEY_PREFIX - 1, task_ids[off + made], idlen + 1);
-        }
-        int rc = made < k ? CELERIAC_ENOMEM : 0;
-        double deadline = util_monotonic() + b->retry_timeout;
-        double wait = 0.05;
-        int warned = 0;
-        while (rc == 0) {
-            rc = store_once(r, k, keys, jsons + off, lens + off);
-            if (rc != CELERIAC_ECONN && rc != CELERIAC_ETIMEDOUT)
-                break;
-            if (b->retry_timeout < 0)
-                break; /* one attempt: the caller keeps the documents and retries */
-            if (util_monotonic() + wait > deadline) {
-                log_error("result for %s%s not stored: %s (gave up after %.0f s)",
-                          task_ids[off], k > 1 ? " and others" : "", b->errstr, b->retry_timeout);
-                break;
-            }
-            if (!warned++)
-                log_warning("result backend unavailable (%s); retrying", b->errstr);
-            struct timespec ts = {(time_t)wait, (long)((wait - (double)(time_t)wait) * 1e9)};
-            nanosleep(&ts, NULL);
-            wait = wait * 2 > 2 ? 2 : wait * 2;
-            rc = 0;
-        }
-        for (size_t i = 0; i < made; i++)
-            free(keys[i]);
+        int rc = read_store(r, c, k, task_ids + off, jsons + off, lens + off);
+        if (rc == CELERIAC_ECONN)
+            return rc; /* the link is gone with the rest of the replies */
         if (rc < 0)
             result = rc;
     }
     return result;
+}
+
+static int redis_store_send(struct backend *b, size_t n, const char *const *task_ids,
+                            const char *const *jsons, const size_t *lens)
+{
+    struct backend_redis *r = (struct backend_redis *)b;
+    return store_send(r, &r->split, n, task_ids, jsons, lens);
+}
+
+static int redis_store_recv(struct backend *b, size_t n, const char *const *task_ids,
+                            const char *const *jsons, const size_t *lens)
+{
+    struct backend_redis *r = (struct backend_redis *)b;
+    return store_recv(r, &r->split, n, task_ids, jsons, lens);
+}
+
+/* Stores n documents, retrying while the backend is unreachable (up to
+ * retry_timeout; a negative one means a single attempt). */
+static int redis_store_many(struct backend *b, size_t n, const char *const *task_ids,
+                            const char *const *jsons, const size_t *lens)
+{
+    struct backend_redis *r = (struct backend_redis *)b;
+    double deadline = util_monotonic() + b->retry_timeout;
+    double wait = 0.05;
+    int warned = 0;
+    for (;;) {
+        int rc = store_send(r, &r->conn, n, task_ids, jsons, lens);
+        if (rc == 0)
+            rc = store_recv(r, &r->conn, n, task_ids, jsons, lens);
+        if (rc != CELERIAC_ECONN && rc != CELERIAC_ETIMEDOUT)
+            return rc;
+        if (b->retry_timeout < 0)
+            return rc; /* one attempt: the caller keeps the documents and retries */
+        if (util_monotonic() + wait > deadline) {
+            log_error("result for %s%s not stored: %s (gave up after %.0f s)", task_ids[0],
+                      n > 1 ? " and others" : "", b->errstr, b->retry_timeout);
+            return rc;
+        }
+        if (!warned++)
+            log_warning("result backend unavailable (%s); retrying", b->errstr);
+        struct timespec ts = {(time_t)wait, (long)((wait - (double)(time_t)wait) * 1e9)};
+        nanosleep(&ts, NULL);
+        wait = wait * 2 > 2 ? 2 : wait * 2;
+    }
 }
 
 static int redis_store(struct backend *b, const char *task_id, const char *json, size_t len)
@@ -364,6 +446,7 @@ static void redis_free(struct backend *b)
 {
     struct backend_redis *r = (struct backend_redis *)b;
     redis_conn_close(&r->conn);
+    redis_conn_close(&r->split);
     free(r);
 }
 
@@ -371,6 +454,8 @@ static const struct backend_ops redis_ops = {
     .scheme = "redis",
     .store = redis_store,
     .store_many = redis_store_many,
+    .store_many_send = redis_store_send,
+    .store_many_recv = redis_store_recv,
     .get_status = redis_get_status,
     .chord_part_return = redis_chord_part_return,
     .chord_clear = redis_chord_clear,
@@ -391,6 +476,8 @@ struct backend *backend_redis_new(const char *url, char *err, size_t errlen)
         return NULL;
     }
     r->conn.timeout = 10;
+    r->split.url = r->conn.url;
+    r->split.timeout = 10;
     r->base.ops = &redis_ops;
     return &r->base;
 }

@@ -118,8 +118,15 @@ static void broker_lost(struct worker *w, const char *what)
     }
 }
 
+static void job_ack_to(struct worker *w, struct job *j, struct tag_list *batch);
+
 /* Acknowledges a job's message now, or later when the broker is back. */
 static void job_ack(struct worker *w, struct job *j)
+{
+    job_ack_to(w, j, &w->ack_batch);
+}
+
+static void job_ack_to(struct worker *w, struct job *j, struct tag_list *batch)
 {
     if (j->acked)
         return;
@@ -129,13 +136,17 @@ static void job_ack(struct worker *w, struct job *j)
     if (w->unacked)
         w->unacked--;
     /* Sent with the other acks of this loop iteration (flush_acks). */
-    tag_push(w->state == W_RECONNECTING ? &w->pending_acks : &w->ack_batch, j->msg.delivery_tag);
+    tag_push(w->state == W_RECONNECTING ? &w->pending_acks : batch, j->msg.delivery_tag);
 }
 
 /* Keeps a result a pool process sent back (EXEC_PARENT_STORES); takes doc. */
+static int results_recv(struct worker *w);
+
 static void result_push(struct worker *w, const char *task_id, char *doc, size_t len)
 {
     struct result_batch *b = &w->results;
+    if (b->sent)
+        results_recv(w); /* a batch in flight is never added to */
     if (b->len == b->cap) {
         size_t cap = b->cap ? b->cap * 2 : 16;
         char **ids = realloc(b->ids, cap * sizeof *ids);
@@ -168,28 +179,59 @@ static void result_push(struct worker *w, const char *task_id, char *doc, size_t
 /* Results a batch may hold while the backend is down before fetching stops. */
 #define RESULTS_PENDING_MAX 10000
 
-/* Stores the results of this loop iteration in one call; before the acks
- * and events that follow them. One attempt, so the loop (heartbeats, remote
- * control, time limits) keeps running while the backend is down: the
+/* Moves every tag of from to the end of to (kept in from if out of memory). */
+static void tags_move(struct tag_list *to, struct tag_list *from)
+{
+    if (from->len == 0)
+        return;
+    if (to->len + from->len > to->cap) {
+        size_t cap = to->len + from->len + 16;
+        char **t = realloc(to->tags, cap * sizeof *t);
+        if (!t)
+            return;
+        to->tags = t;
+        to->cap = cap;
+    }
+    memcpy(to->tags + to->len, from->tags, from->len * sizeof *from->tags);
+    to->len += from->len;
+    from->len = 0;
+}
+
+/* Writes this iteration's results to the backend without waiting for the
+ * reply, so the caller can overlap it with the fetch; results_recv() must
+ * follow. Returns 1 when sent. Not while a failed batch waits its retry. */
+static int results_send(struct worker *w)
+{
+    struct result_batch *b = &w->results;
+    if (b->len == 0 || !w->backend || b->sent || b->retry_at > util_monotonic())
+        return 0;
+    int rc = backend_store_send(w->backend, b->len, (const char *const *)b->ids,
+                                (const char *const *)b->docs, b->lens);
+    b->sent = rc == 0 ? 1 : rc;
+    return 1;
+}
+
+/* The outcome of results_send(). One attempt, so the loop (heartbeats,
+ * remote control, time limits) keeps running while the backend is down: the
  * results are kept and retried every second, until
  * result_backend_retry_timeout has passed (then they are dropped with an
- * error, as a pool process gives up). Returns 0 when nothing is left
- * pending, CELERIAC_ECONN while results wait (their acks wait too). */
-static int flush_results(struct worker *w)
+ * error, as a pool process gives up). Once stored, the acks_late acks that
+ * follow them are released. 0 when nothing is left pending, CELERIAC_ECONN
+ * while results wait (their late acks wait too). */
+static int results_recv(struct worker *w)
 {
     struct result_batch *b = &w->results;
     if (b->len == 0)
         return 0;
     double mono = util_monotonic();
-    if (w->backend && b->retry_at > mono)
-        return CELERIAC_ECONN;
     int rc = 0;
     if (w->backend) {
-        double saved = w->backend->retry_timeout;
-        w->backend->retry_timeout = -1;
-        rc = backend_store_many(w->backend, b->len, (const char *const *)b->ids,
-                                (const char *const *)b->docs, b->lens);
-        w->backend->retry_timeout = saved;
+        if (!b->sent)
+            return CELERIAC_ECONN; /* waiting for the retry time */
+        rc = b->sent < 0 ? b->sent
+                         : backend_store_recv(w->backend, b->len, (const char *const *)b->ids,
+                                              (const char *const *)b->docs, b->lens);
+        b->sent = 0;
     }
     if (rc == CELERIAC_ECONN || rc == CELERIAC_ETIMEDOUT) {
         if (b->failing_since == 0) {
@@ -213,13 +255,20 @@ static int flush_results(struct worker *w)
         free(b->docs[i]);
     }
     b->len = 0;
+    tags_move(&w->ack_batch, &w->late_acks);
     return 0;
 }
 
+/* Stores the batch now (or reads the reply of the one in flight). */
+static int flush_results(struct worker *w)
+{
+    results_send(w);
+    return results_recv(w);
+}
+
+/* Sends ack_batch (acks_late acks join it once their results are stored). */
 static void flush_acks(struct worker *w)
 {
-    if (flush_results(w) < 0)
-        return; /* the acks follow the results they belong to */
     struct tag_list *b = &w->ack_batch;
     if (b->len == 0)
         return;
@@ -839,9 +888,11 @@ static void job_done(struct worker *w, struct pool_child *c, struct pool_outcome
     c->tasks_run++;
     if (!j)
         return;
+    int batched = 0; /* the result waits in the batch: an acks_late ack follows it */
     if (o->meta && j->msg.id) {
         result_push(w, j->msg.id, o->meta, o->meta_len);
         o->meta = NULL;
+        batched = w->results.len > 0;
     }
     w->nactive--;
     w->processed++;
@@ -893,7 +944,7 @@ static void job_done(struct worker *w, struct pool_child *c, struct pool_outcome
                 w->broker->ops->reject(w->broker, j->msg.delivery_tag, 0) < 0)
                 tag_push(&w->pending_acks, j->msg.delivery_tag);
         } else {
-            job_ack(w, j);
+            job_ack_to(w, j, batched ? &w->late_acks : &w->ack_batch);
         }
     }
     job_free(j);
@@ -1372,12 +1423,17 @@ static size_t fetch_now(struct worker *w)
         n_res = FETCH_BATCH_MAX > n_free ? FETCH_BATCH_MAX - n_free : 0;
     struct broker_delivery d[FETCH_BATCH_MAX];
     size_t count = 0;
-    /* This iteration's acks go in the same round trip, after the results
-     * they follow. */
+    /* This iteration's results are written first and their reply read after
+     * the fetch's, so the two round trips overlap. The acks riding with the
+     * fetch never depend on those results: acks_late acks of results in the
+     * batch wait in late_acks until the results are stored. */
+    int sent = results_send(w);
     struct tag_list *acks = &w->ack_batch;
-    size_t nacks = flush_results(w) < 0 ? 0 : acks->len;
+    size_t nacks = acks->len;
     int rc = w->broker->ops->fetch_batch(w->broker, (const char *const *)acks->tags, nacks,
                                          n_free, n_res, d, &count);
+    if (sent)
+        results_recv(w);
     for (size_t i = 0; i < nacks; i++) {
         if (rc < 0)
             tag_push(&w->pending_acks, acks->tags[i]);
@@ -1431,6 +1487,8 @@ static int loop_once(struct worker *w)
     for (size_t i = 0; i < w->pool.n && nfds < sizeof fds / sizeof fds[0]; i++)
         fds[nfds++] = (struct pollfd){.fd = w->pool.children[i].fd, .events = POLLIN};
 
+    if (w->results.len)
+        flush_results(w); /* the reply of the batch in flight, or a batch no fetch took */
     int timeout = w->more && can_fetch(w) ? 0 : 1000;
     if (w->scheduled) {
         double dt = (w->scheduled->msg.eta - util_now()) * 1000;
@@ -1515,12 +1573,16 @@ static int loop_once(struct worker *w)
             }
     }
 flush:
-    /* With more messages waiting, the next iteration fetches at once and its
-     * fetch carries the acks; the results go now, before the events. */
-    if (w->more && can_fetch(w))
-        flush_results(w);
-    else
+    /* This iteration's results are written now and their reply read after
+     * the next fetch (or before the next poll), overlapping the round trips.
+     * With more messages waiting the next fetch carries the acks; otherwise
+     * they go now. With events on, the results are stored first, as a task's
+     * events follow its stored result. */
+    results_send(w);
+    if (!(w->more && can_fetch(w)))
         flush_acks(w);
+    if (w->events.broker && w->results.len)
+        flush_results(w);
     if (w->state != W_RECONNECTING && w->events.broker &&
         events_flush(&w->events) < 0 && w->state < W_WARM_STOP)
         broker_lost(w, "events");
@@ -1927,10 +1989,13 @@ void worker_free(struct worker *w)
     for (size_t i = 0; i < w->pending_acks.len; i++)
         free(w->pending_acks.tags[i]);
     free(w->pending_acks.tags);
+    flush_results(w);
     for (size_t i = 0; i < w->ack_batch.len; i++)
         free(w->ack_batch.tags[i]);
     free(w->ack_batch.tags);
-    flush_results(w);
+    for (size_t i = 0; i < w->late_acks.len; i++)
+        free(w->late_acks.tags[i]);
+    free(w->late_acks.tags);
     free(w->results.ids);
     free(w->results.docs);
     free(w->results.lens);

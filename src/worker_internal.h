@@ -72,12 +72,16 @@ struct worker {
     size_t prefetch_limit;
     struct tag_list pending_acks;        /* acks to send once the broker is back */
     struct tag_list ack_batch;           /* acks of this loop iteration, sent together */
+    struct tag_list late_acks;           /* acks_late acks of results in the batch below:
+                                          * join ack_batch once those are stored */
     struct result_batch {                /* results the pool sent back to store, sent together */
         char **ids, **docs;              /* owned */
         size_t *lens;
         size_t len, cap;
         double retry_at;                 /* monotonic: next attempt while the backend is down */
         double failing_since;            /* monotonic: first failed attempt, 0 = none */
+        int sent;                        /* 1: results_send() wrote them, reply not read yet;
+                                          * negative: the send failed with that code */
     } results;
     int more;                            /* the last batch fetch was full: fetch again soon */
     int sigpipe[2];
