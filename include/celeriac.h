@@ -149,7 +149,12 @@ const celeriac_value *celeriac_task_arg(const celeriac_task *t, size_t pos, cons
 /* Stores a custom state with meta in the result backend (Celery's
  * update_state). Takes ownership of meta (may be NULL for an empty object). */
 int celeriac_task_update_state(celeriac_task *t, const char *state, celeriac_value *meta);
-/* Convenience: state PROCESSING with meta {"progress": percent, "message": text}. */
+/* Convenience: state PROCESSING with meta {"progress": percent, "message": text}.
+ * Progress does not wait for the backend: it is written (0 once written; a
+ * negative code when it could not be) and its reply read before the task's
+ * outcome is stored; a store the backend refused is logged. The first call of
+ * a task is always written, later ones at most every --progress-interval
+ * seconds (default 0.05). */
 int celeriac_task_progress(celeriac_task *t, int percent, const char *fmt, ...) CELERIAC_PRINTF(3, 4);
 /* Sets the return value. Takes ownership of result. A task that returns 0
  * without setting a result returns None. */

@@ -122,6 +122,25 @@ int backend_store_meta(struct backend *b, const struct result_meta *m)
     return rc;
 }
 
+int backend_post_meta(struct backend *b, const struct result_meta *m)
+{
+    if (!b->ops->post || !b->ops->settle)
+        return backend_store_meta(b, m);
+    size_t len;
+    char *json = backend_encode_meta(m, &len);
+    if (!json)
+        return CELERIAC_ENOMEM;
+    int rc = b->ops->post(b, m->task_id, json, len);
+    free(json);
+    return rc;
+}
+
+void backend_settle(struct backend *b)
+{
+    if (b && b->ops->settle)
+        b->ops->settle(b);
+}
+
 celeriac_value *backend_exception(const char *exc_module, const char *exc_type,
                                   const char *message)
 {

@@ -37,6 +37,11 @@ struct backend_ops {
                            const char *const *jsons, const size_t *lens);
     int (*store_many_recv)(struct backend *b, size_t n, const char *const *task_ids,
                            const char *const *jsons, const size_t *lens);
+    /* Writes a store without waiting for its reply (in order with later
+     * commands on the same link); settle() reads the replies of every post,
+     * and every other call settles first. Both NULL = post stores at once. */
+    int (*post)(struct backend *b, const char *task_id, const char *json, size_t len);
+    void (*settle)(struct backend *b);
     /* Reads the stored status into buf ("" when there is none). */
     int (*get_status)(struct backend *b, const char *task_id, char *buf, size_t len);
     /* ---- chord join (Celery's on_chord_part_return); NULL = not supported ---- */
@@ -88,6 +93,12 @@ int backend_store_recv(struct backend *b, size_t n, const char *const *task_ids,
                        const char *const *jsons, const size_t *lens);
 /* Encodes and stores m. */
 int backend_store_meta(struct backend *b, const struct result_meta *m);
+/* Encodes m and posts it (see backend_ops.post): 0 once written, or negative
+ * when it could not be (out of memory, link down). How the store went is
+ * only logged, by backend_settle() or the next call that settles. */
+int backend_post_meta(struct backend *b, const struct result_meta *m);
+/* Reads the replies of the posted stores (see backend_ops.settle). */
+void backend_settle(struct backend *b);
 /* Celery's exception document {"exc_type", "exc_message": [message], "exc_module"}.
  * Caller frees with celeriac_value_free(). */
 celeriac_value *backend_exception(const char *exc_module, const char *exc_type,

@@ -47,7 +47,14 @@ struct backend_redis {
     struct redis_conn split; /* store_many_send/recv only, so a reply still in flight
                               * never meets another command's */
     char sha[41];            /* SHA1 of store_script once loaded */
+    struct post {            /* posted stores whose reply is unread, in order */
+        char *task_id, *json; /* owned: resent if the server lost the script */
+        size_t len;
+    } *posts;                /* owned array */
+    size_t nposts, cap_posts;
 };
+
+static void settle(struct backend_redis *r);
 
 static int ensure_link(struct backend_redis *r, struct redis_conn *c)
 {
@@ -217,6 +224,7 @@ static int redis_store_many(struct backend *b, size_t n, const char *const *task
                             const char *const *jsons, const size_t *lens)
 {
     struct backend_redis *r = (struct backend_redis *)b;
+    settle(r);
     double deadline = util_monotonic() + b->retry_timeout;
     double wait = 0.05;
     int warned = 0;
@@ -241,6 +249,106 @@ static int redis_store_many(struct backend *b, size_t n, const char *const *task
     }
 }
 
+static void posts_clear(struct backend_redis *r)
+{
+    for (size_t i = 0; i < r->nposts; i++) {
+        free(r->posts[i].task_id);
+        free(r->posts[i].json);
+    }
+    r->nposts = 0;
+}
+
+static int redis_post(struct backend *b, const char *task_id, const char *json, size_t len)
+{
+    struct backend_redis *r = (struct backend_redis *)b;
+    if (!r->conn.ctx && r->nposts)
+        settle(r); /* their link is gone: report them before a new one opens */
+    if (r->nposts == r->cap_posts) {
+        size_t cap = r->cap_posts ? r->cap_posts * 2 : 4;
+        struct post *p = realloc(r->posts, cap * sizeof *p);
+        if (!p)
+            return CELERIAC_ENOMEM;
+        r->posts = p;
+        r->cap_posts = cap;
+    }
+    struct post *p = &r->posts[r->nposts];
+    p->task_id = strdup(task_id);
+    p->json = malloc(len + 1);
+    p->len = len;
+    if (!p->task_id || !p->json) {
+        free(p->task_id);
+        free(p->json);
+        return CELERIAC_ENOMEM;
+    }
+    memcpy(p->json, json, len);
+    p->json[len] = 0;
+    int rc = ensure_connected(r);
+    if (rc == 0)
+        rc = append_store(r, &r->conn, 1, (const char *const *)&p->task_id,
+                          (const char *const *)&p->json, &p->len, 0);
+    if (rc == 0)
+        rc = flush_out(r, &r->conn);
+    else if (rc != CELERIAC_ECONN)
+        redis_conn_fail(&r->conn, "EVALSHA");
+    if (rc < 0) {
+        free(p->task_id);
+        free(p->json);
+        return rc;
+    }
+    r->nposts++;
+    return 0;
+}
+
+/* Reads every posted store's reply; a store the server refused for want of
+ * the script is sent again, now waited for. Failures are logged: a post is
+ * a progress report, and the task's outcome is stored (and reported) later. */
+static void settle(struct backend_redis *r)
+{
+    size_t n = r->nposts;
+    if (n == 0)
+        return;
+    r->nposts = 0; /* the stores below must not settle again */
+    for (size_t i = 0; i < n; i++) {
+        struct post *p = &r->posts[i];
+        redisReply *rep = NULL;
+        if (r->conn.ctx && redis_conn_pipeline_read(&r->conn, &rep, 1) == 0) {
+            if (rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "NOSCRIPT", 8) == 0) {
+                freeReplyObject(rep);
+                rep = NULL;
+                /* Only after the replies of the posts still on the link. */
+                continue;
+            }
+            if (rep->type == REDIS_REPLY_ERROR)
+                log_warning("state of %s not stored: %s", p->task_id, rep->str);
+            freeReplyObject(rep);
+        } else {
+            log_warning("state of %s not stored: %s", p->task_id, r->conn.errstr);
+        }
+        free(p->task_id);
+        free(p->json);
+        p->task_id = p->json = NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct post *p = &r->posts[i];
+        if (!p->task_id)
+            continue;
+        int rc = store_send(r, &r->conn, 1, (const char *const *)&p->task_id,
+                            (const char *const *)&p->json, &p->len);
+        if (rc == 0)
+            rc = store_recv(r, &r->conn, 1, (const char *const *)&p->task_id,
+                            (const char *const *)&p->json, &p->len);
+        if (rc < 0)
+            log_warning("state of %s not stored: %s", p->task_id, r->base.errstr);
+        free(p->task_id);
+        free(p->json);
+    }
+}
+
+static void redis_settle(struct backend *b)
+{
+    settle((struct backend_redis *)b);
+}
+
 static int redis_store(struct backend *b, const char *task_id, const char *json, size_t len)
 {
     return redis_store_many(b, 1, &task_id, &json, &len);
@@ -250,6 +358,7 @@ static int redis_get_status(struct backend *b, const char *task_id, char *buf, s
 {
     struct backend_redis *r = (struct backend_redis *)b;
     buf[0] = 0;
+    settle(r);
     int rc = ensure_connected(r);
     if (rc < 0)
         return rc;
@@ -278,6 +387,7 @@ static int redis_get_status(struct backend *b, const char *task_id, char *buf, s
 static int run_cmds(struct backend_redis *r, int n, const char *const *argv[],
                     const size_t *lens[], const int *argc, redisReply **replies)
 {
+    settle(r);
     int rc = CELERIAC_ECONN;
     for (int attempt = 0; attempt < 2 && rc == CELERIAC_ECONN; attempt++) {
         if ((rc = ensure_connected(r)) < 0)
@@ -445,6 +555,8 @@ static int redis_chord_set_size(struct backend *b, const char *group_id, long si
 static void redis_free(struct backend *b)
 {
     struct backend_redis *r = (struct backend_redis *)b;
+    posts_clear(r);
+    free(r->posts);
     redis_conn_close(&r->conn);
     redis_conn_close(&r->split);
     free(r);
@@ -456,6 +568,8 @@ static const struct backend_ops redis_ops = {
     .store_many = redis_store_many,
     .store_many_send = redis_store_send,
     .store_many_recv = redis_store_recv,
+    .post = redis_post,
+    .settle = redis_settle,
     .get_status = redis_get_status,
     .chord_part_return = redis_chord_part_return,
     .chord_clear = redis_chord_clear,

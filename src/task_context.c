@@ -197,7 +197,7 @@ const celeriac_value *celeriac_task_arg(const celeriac_task *t, size_t pos, cons
     return v;
 }
 
-int celeriac_task_update_state(celeriac_task *t, const char *state, celeriac_value *meta)
+static int update_state(celeriac_task *t, const char *state, celeriac_value *meta, int post)
 {
     int rc = 0;
     if (!t || !state || !*state) {
@@ -208,11 +208,18 @@ int celeriac_task_update_state(celeriac_task *t, const char *state, celeriac_val
         rc = CELERIAC_ENOMEM;
         goto out;
     }
-    if (t->sink && t->sink->store_state)
+    if (t->sink && post && t->sink->post_state)
+        rc = t->sink->post_state(t->sink->ud, t, state, meta);
+    else if (t->sink && t->sink->store_state)
         rc = t->sink->store_state(t->sink->ud, t, state, meta);
 out:
     celeriac_value_free(meta);
     return rc;
+}
+
+int celeriac_task_update_state(celeriac_task *t, const char *state, celeriac_value *meta)
+{
+    return update_state(t, state, meta, 0);
 }
 
 /* vsnprintf into a fresh string; caller frees with free(). NULL on OOM. */
@@ -271,7 +278,7 @@ int celeriac_task_progress(celeriac_task *t, int percent, const char *fmt, ...)
     if (celeriac_value_set(meta, "progress", celeriac_value_new_int(percent)) < 0 ||
         celeriac_value_set(meta, "message", celeriac_value_new_string(text)) < 0)
         goto out;
-    rc = celeriac_task_update_state(t, "PROCESSING", meta);
+    rc = update_state(t, "PROCESSING", meta, 1); /* not waited for */
     meta = NULL; /* update_state took ownership */
 out:
     celeriac_value_free(meta);

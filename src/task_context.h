@@ -11,6 +11,10 @@ struct task_sink {
     int (*store_state)(void *ud, const celeriac_task *t, const char *state,
                        const celeriac_value *meta);
     void *ud;
+    /* The same without waiting for the backend's reply (progress reports);
+     * NULL = store_state. */
+    int (*post_state)(void *ud, const celeriac_task *t, const char *state,
+                      const celeriac_value *meta);
 };
 
 struct celeriac_task {

@@ -45,6 +45,17 @@ static int store_state(void *ud, const celeriac_task *t, const char *state,
     return backend_store_meta(s->x->backend, &rm);
 }
 
+static int post_state(void *ud, const celeriac_task *t, const char *state,
+                      const celeriac_value *meta)
+{
+    struct sink_ctx *s = ud;
+    if (!s->x->backend)
+        return 0;
+    struct result_meta rm = {.task_id = t->id, .status = state, .result = meta,
+                             .group_id = s->m->group, .parent_id = s->m->parent_id};
+    return backend_post_meta(s->x->backend, &rm);
+}
+
 static void store_started(struct task_exec *x, const struct task_message *m)
 {
     celeriac_value *meta = celeriac_value_new_object();
@@ -199,12 +210,15 @@ static void run_one(struct task_exec *x, struct pool_link *l, const char *env, s
     struct canvas_env ce = {publisher, x, x->backend, x->hostname, x->reply_to};
 
     struct sink_ctx sctx = {x, &m};
-    struct task_sink sink = {store_state, &sctx};
+    struct task_sink sink = {store_state, &sctx, post_state};
     celeriac_task t;
     task_context_init(&t, m.id, m.task, m.retries, m.args, m.kwargs, &sink);
     double t0 = util_monotonic();
     int r = def->fn(&t, def->userdata);
     out.runtime = util_monotonic() - t0;
+    /* Progress posted by the task is in Redis before its outcome is stored
+     * anywhere (here, or by the main process after DONE). */
+    backend_settle(x->backend);
 
     if (r == 0 && !t.failed) {
         run_success(x, &ce, &m, &t, ignore, flags, &out);

@@ -1550,7 +1550,7 @@ static int terms_add(struct terms *tt, const char *w, size_t n)
     return 0;
 }
 
-static const char *sort_arena; /* qsort has no context argument in C11 */
+static const char *sort_arena; /* the arena cmp_terms() reads terms from */
 
 static int cmp_terms(const void *a, const void *b)
 {
@@ -1603,20 +1603,26 @@ static int top_terms(struct doc *d)
         }
         i += k;
     }
-    struct term *list = NULL;
+    /* The TOP_TERMS first in (count desc, term asc) order, by insertion into
+     * a short sorted list: most terms occur once or twice and are rejected by
+     * their count alone, where sorting them all compared their text. */
+    struct term list[TOP_TERMS];
     size_t nlist = 0;
-    if (rc == 0 && tt.used) {
-        list = malloc(tt.used * sizeof *list);
-        if (!list)
-            rc = CELERIAC_ENOMEM;
-        for (size_t j = 0; list && j < tt.cap; j++)
-            if (tt.slots[j].count)
-                list[nlist++] = tt.slots[j];
+    sort_arena = tt.arena.p;
+    for (size_t j = 0; rc == 0 && j < tt.cap; j++) {
+        if (!tt.slots[j].count)
+            continue;
+        const struct term *t = &tt.slots[j];
+        if (nlist == TOP_TERMS && cmp_terms(t, &list[TOP_TERMS - 1]) >= 0)
+            continue;
+        size_t at = nlist < TOP_TERMS ? nlist++ : TOP_TERMS - 1;
+        while (at > 0 && cmp_terms(t, &list[at - 1]) < 0) {
+            list[at] = list[at - 1];
+            at--;
+        }
+        list[at] = *t;
     }
     if (rc == 0) {
-        sort_arena = tt.arena.p;
-        if (nlist)
-            qsort(list, nlist, sizeof *list, cmp_terms);
         d->top_terms = celeriac_value_new_array();
         if (!d->top_terms)
             rc = CELERIAC_ENOMEM;
@@ -1627,7 +1633,6 @@ static int top_terms(struct doc *d)
             add(d, d->top_terms, pair);
         }
     }
-    free(list);
     free(tt.slots);
     buf_free(&tt.arena);
     return rc;

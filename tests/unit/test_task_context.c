@@ -95,7 +95,7 @@ TEST(args_default_to_empty)
 TEST(update_state_goes_to_sink)
 {
     struct fake_sink f = {0};
-    struct task_sink sink = {fake_store, &f};
+    struct task_sink sink = {fake_store, &f, NULL};
     celeriac_task t;
     task_context_init(&t, "id", "n", 0, NULL, NULL, &sink);
     CHECK_EQ_INT(celeriac_task_update_state(&t, "CUSTOM", J("{\"a\": 1}")), 0);
@@ -126,7 +126,7 @@ TEST(progress_meta_and_clamping)
 {
     task_context_set_progress_interval(0); /* store every update */
     struct fake_sink f = {0};
-    struct task_sink sink = {fake_store, &f};
+    struct task_sink sink = {fake_store, &f, NULL};
     celeriac_task t;
     task_context_init(&t, "id", "n", 0, NULL, NULL, &sink);
     CHECK_EQ_INT(celeriac_task_progress(&t, 42, "step %d of %s", 3, "five"), 0);
@@ -258,7 +258,7 @@ TEST(progress_is_throttled)
     /* First update always stored; the next ones within the interval are not. */
     task_context_set_progress_interval(3600);
     struct fake_sink f = {0};
-    struct task_sink sink = {fake_store, &f};
+    struct task_sink sink = {fake_store, &f, NULL};
     celeriac_task t;
     task_context_init(&t, "id-t", "throttle", 0, NULL, NULL, &sink);
     CHECK_EQ_INT(celeriac_task_progress(&t, 10, "first"), 0);
