@@ -87,6 +87,46 @@ def test_redis_restart_mid_run_loses_nothing(make_worker, redis_factory, app_fac
     assert app.send_task("examples.add", args=(1, 1)).get(timeout=30) == 2
 
 
+def test_script_flush_mid_run_loses_nothing(make_worker, redis_factory, app_factory):
+    """SCRIPT FLUSH (or a failover to a server that never saw our scripts) while tasks
+    run: fetches, batched results and progress states fall back to sending the script
+    itself, and every task still ends in SUCCESS, its progress published before it."""
+    redis = redis_factory()
+    app = app_factory(redis)
+    w = make_worker(redis, concurrency=2)
+    client = redis.client(0)
+    pubsub = redis.client(1).pubsub()
+    doc_ids = [str(uuid.uuid4()) for _ in range(3)]
+    pubsub.subscribe(*[f"celery-task-meta-{i}" for i in doc_ids])
+    try:
+        for rnd in range(3):
+            # A document alone first: its progress is the first store after the flush.
+            client.script_flush()
+            doc = base64.b64encode(f"# Round {rnd}\n\nSome words for round {rnd}.".encode())
+            app.send_task("process_document", args=[doc.decode()], task_id=doc_ids[rnd])
+            wait_for(lambda: _statuses(redis, [doc_ids[rnd]]) == ["SUCCESS"], 60,
+                     f"the document of round {rnd} after SCRIPT FLUSH")
+            client.script_flush()
+            ids = [app.send_task("examples.add", args=(i, rnd)).id for i in range(40)]
+            wait_for(lambda: _statuses(redis, ids) == ["SUCCESS"] * 40, 60,
+                     f"every add of round {rnd} after SCRIPT FLUSH")
+            assert [raw_meta(redis, i)["result"] for i in ids] == [i + rnd for i in range(40)]
+        published = {}
+        while True:
+            msg = pubsub.get_message(timeout=1.0)
+            if msg is None:
+                break
+            if msg["type"] == "message":
+                meta = json.loads(msg["data"])
+                published.setdefault(meta["task_id"], []).append(meta["status"])
+    finally:
+        pubsub.close()
+    for i in doc_ids:
+        states = published.get(i, [])
+        assert states and states[0] == "PROCESSING" and states[-1] == "SUCCESS", (i, states)
+    assert w.alive
+
+
 def test_redis_restart_while_idle(make_worker, redis_factory, app_factory):
     """Redis restarted while the worker idles: the worker reconnects by itself."""
     redis = redis_factory(persistent=True)
