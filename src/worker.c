@@ -815,7 +815,13 @@ static void dispatch(struct worker *w)
          * process says STARTED (read_child() acks it then). */
         if (queue && !j->reserved)
             job_reserve(w, j);
-        if (pool_send(c, j->flags, j->envelope, j->len, j) < 0) {
+        /* A lone task on a quiet worker stores its own result: one hop less
+         * before a waiting client sees it. Batching in the main process only
+         * pays when results keep coming. */
+        uint32_t flags = j->flags;
+        if (!queue && w->nactive == 0 && w->nready == 0 && !w->more)
+            flags &= ~(uint32_t)EXEC_PARENT_STORES;
+        if (pool_send(c, flags, j->envelope, j->len, j) < 0) {
             /* The child is gone; keep the job for the next one. */
             log_warning("pool process %d did not take a job; replacing it", (int)c->pid);
             ready_push(w, j);
