@@ -294,6 +294,17 @@ def redis_benchmark(port, requests, pipeline):
     return {"command": " ".join(cmd[1:]), "per_command": rates, "ops_per_s": hmean}
 
 
+def host_cpu_ticks():
+    """(steal, total) jiffies of the whole machine from /proc/stat; (0, 0) if unreadable.
+    Steal is time the hypervisor ran something else while this VM wanted the CPU."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return (0, 0)
+    return (fields[7] if len(fields) > 7 else 0, sum(fields[:8]))
+
+
 def commandstats(client):
     return {k[len("cmdstat_"):]: v["calls"] for k, v in client.info("commandstats").items()}
 
@@ -463,7 +474,8 @@ class Bench:
         return ids
 
     def cpu_sample(self, proc):
-        return (cpu_seconds(process_tree(proc.pid)), cpu_seconds([self.redis.proc.pid]))
+        return (cpu_seconds(process_tree(proc.pid)), cpu_seconds([self.redis.proc.pid]),
+                host_cpu_ticks())
 
     def wait_results(self, proc, ids, timeout, own):
         """Waits for the READY result of ids[0] and ids[-1] (pubsub, EXISTS fallback).
@@ -598,6 +610,9 @@ class Bench:
             # CPU from the first to the last result, per task finished in between
             "worker_cpu_ms_per_task": 1000.0 * (cpu_end[0] - self.cpu_at_first[0]) / (n - 1),
             "redis_cpu_ms_per_task": 1000.0 * (cpu_end[1] - self.cpu_at_first[1]) / (n - 1),
+            # share of the machine's CPU time the hypervisor took in the same span
+            "host_steal_pct": (100.0 * (cpu_end[2][0] - self.cpu_at_first[2][0])
+                               / max(1, cpu_end[2][1] - self.cpu_at_first[2][1])),
             "shutdown_s": stop_s,
         }
         sample = json.loads(json.dumps(metas[ids[waited[0]]]["result"]))
@@ -694,6 +709,9 @@ ROWS = [
     ("add, results stored (tasks/s)", ("add", "throughput_per_s"), True, "{:.0f}"),
     ("add, ignore_result (tasks/s)", ("add_ignore_result", "throughput_per_s"), True, "{:.0f}"),
     ("process_document 10 KB (docs/s)", ("process_document", "throughput_per_s"), True, "{:.0f}"),
+    # not a property of the worker (no ratio): how noisy the VM was during the run
+    ("host CPU stolen, add run (%)", ("add", "host_steal_pct"), None, "{:.1f}"),
+    ("host CPU stolen, documents (%)", ("process_document", "host_steal_pct"), None, "{:.1f}"),
     ("worker CPU ms/task, add+result", ("add", "worker_cpu_ms_per_task"), False, "{:.3f}"),
     ("Redis CPU ms/task, add+result", ("add", "redis_cpu_ms_per_task"), False, "{:.3f}"),
     ("worker CPU ms/doc", ("process_document", "worker_cpu_ms_per_task"), False, "{:.3f}"),
@@ -730,7 +748,7 @@ def render(results):
         cel = dig(results["workers"].get("celeriac", {}), path)
         for c in ratio_cols:
             base = dig(results["workers"][c], path)
-            if cel is None or not base:
+            if cel is None or not base or higher is None:
                 row.append("-")
             elif higher:
                 row.append(f"{cel / base:.1f}×")
