@@ -770,6 +770,8 @@ static int sniff_csv(const char *s, size_t n, char *delim_out)
     for (size_t k = 0; k < sizeof delims; k++) {
         size_t pos = 0, records = 0, fields = 0;
         int consistent = 1;
+        if (!memchr(s, delims[k], n))
+            continue; /* every record would have one field */
         while (pos < n && records < CSV_SNIFF_RECORDS) {
             int complete;
             size_t f = csv_record(s, n, &pos, delims[k], &complete);
@@ -1395,8 +1397,11 @@ static size_t count_words(const char *s, size_t n)
     size_t words = 0, i = 0;
     int in_word = 0;
     while (i < n) {
-        uint32_t cp;
-        i += utf8_next((const unsigned char *)s, n, i, &cp);
+        uint32_t cp = (unsigned char)s[i];
+        if (cp < 0x80)
+            i++; /* ASCII: no decoding */
+        else
+            i += utf8_next((const unsigned char *)s, n, i, &cp);
         if (is_uspace(cp))
             in_word = 0;
         else if (!in_word) {
@@ -1690,8 +1695,11 @@ static int stage_chunk(struct doc *d)
     while (pos < n) {
         size_t end = pos, chars = 0, ws_end = 0, ws_chars = 0;
         while (end < n && chars < d->chunk_size) {
-            uint32_t cp;
-            end += utf8_next(s, n, end, &cp);
+            uint32_t cp = s[end];
+            if (cp < 0x80)
+                end++; /* ASCII: no decoding */
+            else
+                end += utf8_next(s, n, end, &cp);
             chars++;
             if (is_uspace(cp)) {
                 ws_end = end;
