@@ -44,6 +44,9 @@ def test_fleet_shares_a_queue_exactly_once(redis_factory, make_worker):
     finally:
         close_celery_app(app)
 
+    # As in Celery, a pool process may store a result before its line is logged.
+    wait_for(lambda: sum(len(SUCCEEDED.findall(w.logfile.read_text(errors="replace")))
+                         for w in workers) >= TASKS, 20, "every succeeded line in the logs")
     runs = collections.Counter()
     per_worker = {}
     for w in workers:
