@@ -70,6 +70,21 @@ def test_warm_shutdown_finishes_running_task(make_worker, redis_factory, app_fac
     assert r.state == "SUCCESS"
 
 
+def test_warm_shutdown_acks_late_tasks_it_finished(make_worker, redis_factory, app_factory):
+    """acks_late, SIGTERM while tasks run: they complete, their results are stored and
+    their messages acked before the worker exits (nothing left to be run again)."""
+    redis = redis_factory()
+    app = app_factory(redis)
+    w = make_worker(redis, concurrency=2, extra=["--task-acks-late", "--task-track-started"])
+    rs = [app.send_task("examples.sleep", args=(1,)) for _ in range(2)]
+    wait_for(lambda: all(r.state == "STARTED" for r in rs), 15, "both tasks STARTED")
+    w.proc.send_signal(signal.SIGTERM)
+    assert w.proc.wait(30) == 0
+    assert [r.state for r in rs] == ["SUCCESS", "SUCCESS"]
+    broker = redis.client(0)
+    assert (broker.llen("celery"), broker.hlen("unacked")) == (0, 0), broker.hkeys("unacked")
+
+
 def test_redis_restart_mid_run_loses_nothing(make_worker, redis_factory, app_factory):
     """Persistent redis restarted while tasks run: every result still arrives."""
     redis = redis_factory(persistent=True)

@@ -1585,6 +1585,8 @@ flush:
      * they go now. With events on, the results are stored first, as a task's
      * events follow its stored result. */
     results_send(w);
+    if (w->state >= W_WARM_STOP && w->results.len)
+        flush_results(w); /* stopping: the acks_late acks of these go out now too */
     if (!(w->more && can_fetch(w)))
         flush_acks(w);
     if (w->events.broker && w->results.len)
@@ -1714,6 +1716,9 @@ int worker_run(struct worker *w)
         if (w->pool.children[i].fd >= 0)
             shutdown(w->pool.children[i].fd, SHUT_WR);
     wait_children(w, 10);
+    /* Results that came in while waiting, and the acks that follow them. */
+    flush_results(w);
+    flush_acks(w);
     /* Best effort: with the broker gone these fail quietly. */
     events_worker(&w->events, "worker-offline", 0, w->processed);
     events_flush(&w->events);
