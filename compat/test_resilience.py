@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import socket
+import time
 import uuid
 
 import pytest
@@ -317,8 +318,14 @@ def test_acks_late_ack_waits_for_its_stored_result(make_worker, redis_factory, a
     wait_for(lambda: client.llen("celery") == 0, 30, "the queue to drain")
     wait_for(lambda: "result backend unavailable" in w._new_text(), 30,
              "the worker to notice the backend is down")
-    # Finished, results held: their messages are still unacked.
-    assert client.hlen("unacked") == 6, client.hkeys("unacked")
+    # Finished, results held: their messages are still unacked (a message delivered
+    # by BRPOP enters unacked just after leaving the queue, so wait for all six),
+    # and stay there while the results cannot be stored.
+    wait_for(lambda: client.hlen("unacked") == 6, 10, "six messages in unacked")
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        assert client.hlen("unacked") == 6, client.hkeys("unacked")
+        time.sleep(0.05)
     backend.start()
     wait_for(lambda: all((raw_meta(backend, i) or {}).get("status") == "SUCCESS" for i in ids),
              60, "every result once the backend is back")
