@@ -97,6 +97,11 @@ int backend_store_recv(struct backend *b, size_t n, const char *const *task_ids,
     return b->send_rc;
 }
 
+int backend_store_fd(struct backend *b)
+{
+    return b && b->ops->store_many_fd ? b->ops->store_many_fd(b) : -1;
+}
+
 int backend_store_many(struct backend *b, size_t n, const char *const *task_ids,
                        const char *const *jsons, const size_t *lens)
 {

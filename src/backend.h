@@ -37,6 +37,9 @@ struct backend_ops {
                            const char *const *jsons, const size_t *lens);
     int (*store_many_recv)(struct backend *b, size_t n, const char *const *task_ids,
                            const char *const *jsons, const size_t *lens);
+    /* fd that turns readable when the reply of store_many_send() arrives,
+     * -1 when none is outstanding (NULL = not split). */
+    int (*store_many_fd)(struct backend *b);
     /* Writes a store without waiting for its reply (in order with later
      * commands on the same link); settle() reads the replies of every post,
      * and every other call settles first. Both NULL = post stores at once. */
@@ -93,6 +96,9 @@ int backend_store_recv(struct backend *b, size_t n, const char *const *task_ids,
                        const char *const *jsons, const size_t *lens);
 /* Encodes and stores m. */
 int backend_store_meta(struct backend *b, const struct result_meta *m);
+/* fd to poll for the reply of backend_store_send(), or -1 (then
+ * backend_store_recv() does not wait on the network). */
+int backend_store_fd(struct backend *b);
 /* Encodes m and posts it (see backend_ops.post): 0 once written, or negative
  * when it could not be (out of memory, link down). How the store went is
  * only logged, by backend_settle() or the next call that settles. */

@@ -218,6 +218,12 @@ static int redis_store_recv(struct backend *b, size_t n, const char *const *task
     return store_recv(r, &r->split, n, task_ids, jsons, lens);
 }
 
+static int redis_store_fd(struct backend *b)
+{
+    struct backend_redis *r = (struct backend_redis *)b;
+    return r->split.ctx ? r->split.ctx->fd : -1;
+}
+
 /* Stores n documents, retrying while the backend is unreachable (up to
  * retry_timeout; a negative one means a single attempt). */
 static int redis_store_many(struct backend *b, size_t n, const char *const *task_ids,
@@ -568,6 +574,7 @@ static const struct backend_ops redis_ops = {
     .store_many = redis_store_many,
     .store_many_send = redis_store_send,
     .store_many_recv = redis_store_recv,
+    .store_many_fd = redis_store_fd,
     .post = redis_post,
     .settle = redis_settle,
     .get_status = redis_get_status,

@@ -27,7 +27,10 @@ struct broker_redis {
     struct redis_conn consume; /* BRPOP only, read from the poll loop */
     char **queues;             /* owned; consume order, rotated round-robin */
     size_t nqueues;
-    int fetching;              /* a BRPOP is outstanding on consume */
+    int fetching;              /* outstanding on consume: FETCH_NONE/BRPOP/BATCH */
+    char *batch_cmd;           /* owned: the batch request as sent (resent after NOSCRIPT) */
+    size_t batch_len;
+    int batch_reloaded;        /* the script was loaded again for this batch */
     struct redis_conn sub;     /* PSUBSCRIBE (fanout in), non-blocking */
     struct redis_conn pub;     /* fanout out, pipelined by flush() */
     char **patterns;           /* owned: PSUBSCRIBE patterns, re-sent on reconnect */
@@ -38,6 +41,15 @@ struct broker_redis {
     struct broker_options opt; /* sep, priority steps, queue order */
 };
 #define NSTEPS (r->opt.nsteps)
+enum { FETCH_NONE, FETCH_BRPOP, FETCH_BATCH };
+
+static void batch_forget(struct broker_redis *r)
+{
+    free(r->batch_cmd);
+    r->batch_cmd = NULL;
+    r->batch_len = 0;
+    r->batch_reloaded = 0;
+}
 
 static void set_err(struct broker_redis *r, int err, const char *s)
 {
@@ -163,14 +175,16 @@ static void redis_disconnect(struct broker *b)
     redis_conn_close(&r->consume);
     redis_conn_close(&r->sub);
     redis_conn_close(&r->pub);
-    r->fetching = 0;
+    r->fetching = FETCH_NONE;
+    batch_forget(r);
     r->pub_pending = 0;
 }
 
 static int redis_connect(struct broker *b)
 {
     struct broker_redis *r = (struct broker_redis *)b;
-    r->fetching = 0;
+    r->fetching = FETCH_NONE;
+    batch_forget(r);
     r->pub_pending = 0;
     int rc = redis_conn_open(&r->cmd);
     if (rc == 0)
@@ -293,15 +307,15 @@ static int redis_fetch_start(struct broker *b)
             set_err(r, CELERIAC_ECONN, r->consume.errstr);
             return CELERIAC_ECONN;
         }
-    r->fetching = 1;
+    r->fetching = FETCH_BRPOP;
     return 0;
 }
 
 static int redis_fetch_cancel(struct broker *b)
 {
     struct broker_redis *r = (struct broker_redis *)b;
-    if (!r->fetching || !r->consume_id || !r->cmd.ctx)
-        return 0;
+    if (r->fetching != FETCH_BRPOP || !r->consume_id || !r->cmd.ctx)
+        return 0; /* a batch returns by itself */
     /* BRPOP returns nil as if its timeout had passed. */
     redisReply *rep = redis_conn_cmdf(&r->cmd, "CLIENT UNBLOCK %lld", r->consume_id);
     if (!rep) {
@@ -315,7 +329,22 @@ static int redis_fetch_cancel(struct broker *b)
 static int redis_fetch_fd(struct broker *b)
 {
     struct broker_redis *r = (struct broker_redis *)b;
-    return r->fetching && r->consume.ctx ? r->consume.ctx->fd : -1;
+    return r->fetching != FETCH_NONE && r->consume.ctx ? r->consume.ctx->fd : -1;
+}
+
+/* Writes the pending request bytes of the consume link. */
+static int consume_write(struct broker_redis *r, const char *what)
+{
+    int done = 0;
+    while (!done)
+        if (redisBufferWrite(r->consume.ctx, &done) != REDIS_OK) {
+            redis_conn_fail(&r->consume, what);
+            set_err(r, CELERIAC_ECONN, r->consume.errstr);
+            r->fetching = FETCH_NONE;
+            batch_forget(r);
+            return CELERIAC_ECONN;
+        }
+    return 0;
 }
 
 /* Moves queue i to the end of the consume order (kombu's round_robin). */
@@ -328,27 +357,32 @@ static void rotate(struct broker_redis *r, size_t i)
     r->queues[r->nqueues - 1] = q;
 }
 
+/* Reads what has arrived on the consume link: 1 with *reply (caller frees),
+ * 0 while the reply is incomplete, CELERIAC_ECONN when the link broke. */
+static int consume_reply(struct broker_redis *r, const char *what, void **reply)
+{
+    *reply = NULL;
+    if (redisBufferRead(r->consume.ctx) != REDIS_OK ||
+        redisGetReplyFromReader(r->consume.ctx, reply) != REDIS_OK) {
+        redis_conn_fail(&r->consume, what);
+        set_err(r, CELERIAC_ECONN, r->consume.errstr);
+        r->fetching = FETCH_NONE;
+        batch_forget(r);
+        return CELERIAC_ECONN;
+    }
+    return *reply ? 1 : 0;
+}
+
 static int redis_fetch_read(struct broker *b, struct broker_delivery *out)
 {
     struct broker_redis *r = (struct broker_redis *)b;
-    if (!r->fetching || !r->consume.ctx)
+    if (r->fetching != FETCH_BRPOP || !r->consume.ctx)
         return 0;
-    if (redisBufferRead(r->consume.ctx) != REDIS_OK) {
-        redis_conn_fail(&r->consume, "BRPOP");
-        set_err(r, CELERIAC_ECONN, r->consume.errstr);
-        r->fetching = 0;
-        return CELERIAC_ECONN;
-    }
     void *reply = NULL;
-    if (redisGetReplyFromReader(r->consume.ctx, &reply) != REDIS_OK) {
-        redis_conn_fail(&r->consume, "BRPOP");
-        set_err(r, CELERIAC_ECONN, r->consume.errstr);
-        r->fetching = 0;
-        return CELERIAC_ECONN;
-    }
-    if (!reply)
-        return 0; /* partial reply: wait for more bytes */
-    r->fetching = 0;
+    int rc0 = consume_reply(r, "BRPOP", &reply);
+    if (rc0 <= 0)
+        return rc0;
+    r->fetching = FETCH_NONE;
     redisReply *rep = reply;
     int rc = 0;
     if (rep->type == REDIS_REPLY_NIL) {
@@ -482,13 +516,17 @@ out:
     return rc;
 }
 
-static int redis_fetch_batch(struct broker *b, const char *const *acks, size_t nacks,
-                             size_t n_free, size_t n_reserve, struct broker_delivery *out,
-                             size_t *count)
+/* Writes the batch request on the consume link; its reply is read by
+ * redis_fetch_batch_read() once fetch_fd is readable. */
+static int redis_fetch_batch_send(struct broker *b, const char *const *acks, size_t nacks,
+                                  size_t n_free, size_t n_reserve)
 {
     struct broker_redis *r = (struct broker_redis *)b;
-    *count = 0;
-    if (!r->cmd.ctx) {
+    if (r->fetching != FETCH_NONE) {
+        set_err(r, CELERIAC_EINVAL, "a fetch is outstanding");
+        return CELERIAC_EINVAL;
+    }
+    if (!r->consume.ctx) {
         set_err(r, CELERIAC_ECONN, "not connected");
         return CELERIAC_ECONN;
     }
@@ -498,7 +536,6 @@ static int redis_fetch_batch(struct broker *b, const char *const *acks, size_t n
     char (*keys)[256] = calloc(nkeys ? nkeys : 1, sizeof *keys);
     char **qjson = calloc(nkeys ? nkeys : 1, sizeof *qjson);
     int rc = CELERIAC_ENOMEM;
-    redisReply *rep = NULL;
     if (!argv || !keys || !qjson)
         goto out;
     char nkeys_s[24], nf[24], nr[24], now[40];
@@ -529,25 +566,77 @@ static int redis_fetch_batch(struct broker *b, const char *const *acks, size_t n
         }
     for (size_t i = 0; i < nacks; i++)
         argv[k++] = acks[i];
-    rep = redis_conn_cmd(&r->cmd, (int)k, argv, NULL);
-    if (rep && rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "NOSCRIPT", 8) == 0) {
-        freeReplyObject(rep);
-        argv[0] = "EVAL";
-        argv[1] = fetch_script;
-        rep = redis_conn_cmd(&r->cmd, (int)k, argv, NULL);
-    }
-    if (!rep) {
-        set_err(r, CELERIAC_ECONN, r->cmd.errstr);
+    char *cmd = NULL;
+    long long len = redisFormatCommandArgv(&cmd, (int)k, argv, NULL);
+    if (len < 0)
+        goto out;
+    batch_forget(r);
+    r->batch_cmd = cmd;
+    r->batch_len = (size_t)len;
+    if (redisAppendFormattedCommand(r->consume.ctx, cmd, (size_t)len) != REDIS_OK) {
+        redis_conn_fail(&r->consume, "fetch");
+        set_err(r, CELERIAC_ECONN, r->consume.errstr);
+        batch_forget(r);
         rc = CELERIAC_ECONN;
         goto out;
     }
+    r->fetching = FETCH_BATCH;
+    rc = consume_write(r, "fetch");
+out:
+    for (size_t i = 0; qjson && i < nkeys; i++)
+        free(qjson[i]);
+    free(qjson);
+    free(keys);
+    free(argv);
+    return rc;
+}
+
+/* The reply of redis_fetch_batch_send(): 1 with out[0..*count) filled (caller
+ * frees each body), 0 while incomplete (also after resending the request
+ * when the script cache was flushed), negative on error. */
+static int redis_fetch_batch_read(struct broker *b, struct broker_delivery *out, size_t max,
+                                  size_t *count)
+{
+    struct broker_redis *r = (struct broker_redis *)b;
+    *count = 0;
+    if (r->fetching != FETCH_BATCH || !r->consume.ctx)
+        return 0;
+    void *reply = NULL;
+    int rc = consume_reply(r, "fetch", &reply);
+    if (rc <= 0)
+        return rc;
+    redisReply *rep = reply;
+    if (rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "NOSCRIPT", 8) == 0 &&
+        !r->batch_reloaded) {
+        /* SCRIPT FLUSH (or a restarted Redis): nothing ran; load it, ask again. */
+        freeReplyObject(rep);
+        r->batch_reloaded = 1;
+        redisReply *sha = redis_conn_cmdf(&r->cmd, "SCRIPT LOAD %s", fetch_script);
+        if (!sha) {
+            set_err(r, CELERIAC_ECONN, r->cmd.errstr);
+            r->fetching = FETCH_NONE;
+            batch_forget(r);
+            return CELERIAC_ECONN;
+        }
+        freeReplyObject(sha);
+        if (redisAppendFormattedCommand(r->consume.ctx, r->batch_cmd, r->batch_len) != REDIS_OK) {
+            redis_conn_fail(&r->consume, "fetch");
+            set_err(r, CELERIAC_ECONN, r->consume.errstr);
+            r->fetching = FETCH_NONE;
+            batch_forget(r);
+            return CELERIAC_ECONN;
+        }
+        return consume_write(r, "fetch");
+    }
+    r->fetching = FETCH_NONE;
+    batch_forget(r);
     if (rep->type != REDIS_REPLY_ARRAY) {
         set_err(r, CELERIAC_EPROTO, rep->type == REDIS_REPLY_ERROR ? rep->str : "fetch script");
-        rc = CELERIAC_EPROTO;
-        goto out;
+        freeReplyObject(rep);
+        return CELERIAC_EPROTO;
     }
-    rc = 0;
-    for (size_t i = 0; i + 2 < rep->elements; i += 3) {
+    rc = 1;
+    for (size_t i = 0; i + 2 < rep->elements && *count < max; i += 3) {
         struct broker_delivery *d = &out[*count];
         const redisReply *key = rep->element[i], *val = rep->element[i + 1],
                          *tag = rep->element[i + 2];
@@ -571,14 +660,7 @@ static int redis_fetch_batch(struct broker *b, const char *const *acks, size_t n
                 rotate(r, q);
                 break;
             }
-out:
-    if (rep)
-        freeReplyObject(rep);
-    for (size_t i = 0; qjson && i < nkeys; i++)
-        free(qjson[i]);
-    free(qjson);
-    free(keys);
-    free(argv);
+    freeReplyObject(rep);
     return rc;
 }
 
@@ -1130,7 +1212,8 @@ static const struct broker_ops redis_ops = {
     .fetch_cancel = redis_fetch_cancel,
     .fetch_fd = redis_fetch_fd,
     .fetch_read = redis_fetch_read,
-    .fetch_batch = redis_fetch_batch,
+    .fetch_batch_send = redis_fetch_batch_send,
+    .fetch_batch_read = redis_fetch_batch_read,
     .ack_many = redis_ack_many,
     .reserve = redis_reserve,
     .ack = redis_ack,

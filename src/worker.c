@@ -105,12 +105,25 @@ static void tag_push(struct tag_list *l, const char *tag)
         l->len++;
 }
 
+static void tags_move(struct tag_list *to, struct tag_list *from);
+
+/* The outstanding batch fetch will not be answered (its link is gone): its
+ * acks are sent again once the broker is back. */
+static void fetch_forget(struct worker *w)
+{
+    if (!w->fetch.inflight)
+        return;
+    w->fetch.inflight = 0;
+    tags_move(&w->pending_acks, &w->fetch.acks);
+}
+
 static void broker_lost(struct worker *w, const char *what)
 {
     if (w->state == W_RECONNECTING || w->state == W_STOPPED)
         return;
     log_error("broker connection lost during %s: %s", what, w->broker->errstr);
     w->broker->ops->disconnect(w->broker);
+    fetch_forget(w);
     if (w->state == W_RUNNING || w->state == W_STARTING) {
         set_state(w, W_RECONNECTING);
         w->backoff = 0.2;
@@ -144,9 +157,7 @@ static int results_recv(struct worker *w);
 
 static void result_push(struct worker *w, const char *task_id, char *doc, size_t len)
 {
-    struct result_batch *b = &w->results;
-    if (b->sent)
-        results_recv(w); /* a batch in flight is never added to */
+    struct result_batch *b = &w->results; /* never the batch in flight */
     if (b->len == b->cap) {
         size_t cap = b->cap ? b->cap * 2 : 16;
         char **ids = realloc(b->ids, cap * sizeof *ids);
@@ -202,7 +213,13 @@ static void tags_move(struct tag_list *to, struct tag_list *from)
  * follow. Returns 1 when sent. Not while a failed batch waits its retry. */
 static int results_send(struct worker *w)
 {
-    struct result_batch *b = &w->results;
+    struct result_batch *b = &w->results_out;
+    if (b->len == 0 && w->results.len > 0) {
+        /* The collected results go out; new ones collect meanwhile. */
+        struct result_batch t = *b;
+        *b = w->results;
+        w->results = t;
+    }
     if (b->len == 0 || !w->backend || b->sent || b->retry_at > util_monotonic())
         return 0;
     int rc = backend_store_send(w->backend, b->len, (const char *const *)b->ids,
@@ -220,7 +237,7 @@ static int results_send(struct worker *w)
  * while results wait (their late acks wait too). */
 static int results_recv(struct worker *w)
 {
-    struct result_batch *b = &w->results;
+    struct result_batch *b = &w->results_out;
     if (b->len == 0)
         return 0;
     double mono = util_monotonic();
@@ -255,15 +272,26 @@ static int results_recv(struct worker *w)
         free(b->docs[i]);
     }
     b->len = 0;
-    tags_move(&w->ack_batch, &w->late_acks);
+    tags_move(&w->ack_batch, &b->late_acks);
     return 0;
 }
 
-/* Stores the batch now (or reads the reply of the one in flight). */
+/* Stores every collected result now (reading the reply of the batch in
+ * flight first). CELERIAC_ECONN while results wait for the backend. */
 static int flush_results(struct worker *w)
 {
-    results_send(w);
-    return results_recv(w);
+    for (int round = 0; round < 2; round++) {
+        results_send(w);
+        int rc = results_recv(w);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+static size_t results_held(const struct worker *w)
+{
+    return w->results.len + w->results_out.len;
 }
 
 /* Sends ack_batch (acks_late acks join it once their results are stored). */
@@ -898,7 +926,7 @@ static void job_done(struct worker *w, struct pool_child *c, struct pool_outcome
     if (o->meta && j->msg.id) {
         result_push(w, j->msg.id, o->meta, o->meta_len);
         o->meta = NULL;
-        batched = w->results.len > 0;
+        batched = w->results.len > 0; /* 0: stored at once (out of memory) */
     }
     w->nactive--;
     w->processed++;
@@ -950,7 +978,7 @@ static void job_done(struct worker *w, struct pool_child *c, struct pool_outcome
                 w->broker->ops->reject(w->broker, j->msg.delivery_tag, 0) < 0)
                 tag_push(&w->pending_acks, j->msg.delivery_tag);
         } else {
-            job_ack_to(w, j, batched ? &w->late_acks : &w->ack_batch);
+            job_ack_to(w, j, batched ? &w->results.late_acks : &w->ack_batch);
         }
     }
     job_free(j);
@@ -1387,7 +1415,7 @@ static int can_fetch(const struct worker *w)
         return 0;
     if (w->nscheduled >= MAX_SCHEDULED)
         return 0;
-    if (w->results.len >= RESULTS_PENDING_MAX)
+    if (results_held(w) >= RESULTS_PENDING_MAX)
         return 0; /* the result backend is down: stop taking work */
     /* Refill the window in batches: wait until half of it is free unless the
      * processes would otherwise run out of work. */
@@ -1410,9 +1438,12 @@ static size_t prefetch_room(const struct worker *w)
 
 #define FETCH_BATCH_MAX 128
 
-/* Takes waiting messages in one round trip when the queues have a backlog.
- * Returns how many arrived (0: the queues are empty, block on BRPOP). */
-static size_t fetch_now(struct worker *w)
+/* Asks the broker for the messages the window has room for, without waiting:
+ * the reply is read in loop_once() when the broker link is readable (the
+ * loop meanwhile reads the pool and stores results). The acks of this
+ * iteration ride along; they never depend on results not yet stored
+ * (acks_late acks of batched results wait with those results). */
+static void fetch_send(struct worker *w)
 {
     size_t idle = 0;
     for (size_t i = 0; i < w->pool.n; i++) {
@@ -1427,32 +1458,38 @@ static size_t fetch_now(struct worker *w)
     size_t n_res = room - n_free;
     if (n_free + n_res > FETCH_BATCH_MAX)
         n_res = FETCH_BATCH_MAX > n_free ? FETCH_BATCH_MAX - n_free : 0;
+    tags_move(&w->fetch.acks, &w->ack_batch);
+    int rc = w->broker->ops->fetch_batch_send(w->broker, (const char *const *)w->fetch.acks.tags,
+                                              w->fetch.acks.len, n_free, n_res);
+    w->fetch.inflight = 1;
+    w->fetch.asked = n_free + n_res;
+    if (rc < 0)
+        broker_lost(w, "fetch"); /* forgets the batch: its acks wait for the broker */
+}
+
+/* Reads the reply of fetch_send(); returns how many messages came. */
+static size_t fetch_recv(struct worker *w)
+{
     struct broker_delivery d[FETCH_BATCH_MAX];
     size_t count = 0;
-    /* This iteration's results are written first and their reply read after
-     * the fetch's, so the two round trips overlap. The acks riding with the
-     * fetch never depend on those results: acks_late acks of results in the
-     * batch wait in late_acks until the results are stored. */
-    int sent = results_send(w);
-    struct tag_list *acks = &w->ack_batch;
-    size_t nacks = acks->len;
-    int rc = w->broker->ops->fetch_batch(w->broker, (const char *const *)acks->tags, nacks,
-                                         n_free, n_res, d, &count);
-    if (sent)
-        results_recv(w);
-    for (size_t i = 0; i < nacks; i++) {
-        if (rc < 0)
-            tag_push(&w->pending_acks, acks->tags[i]);
-        free(acks->tags[i]);
-    }
-    if (nacks > 0 && acks->len > nacks)
-        memmove(acks->tags, acks->tags + nacks, (acks->len - nacks) * sizeof *acks->tags);
-    acks->len -= nacks;
-    if (rc < 0)
+    int rc = w->broker->ops->fetch_batch_read(w->broker, d, FETCH_BATCH_MAX, &count);
+    if (rc == 0)
+        return 0; /* not all there yet */
+    w->fetch.inflight = 0;
+    if (rc < 0 && count == 0) {
+        tags_move(&w->pending_acks, &w->fetch.acks);
         broker_lost(w, "fetch");
+        return 0;
+    }
+    for (size_t i = 0; i < w->fetch.acks.len; i++)
+        free(w->fetch.acks.tags[i]);
+    w->fetch.acks.len = 0;
     for (size_t i = 0; i < count; i++)
         on_message(w, &d[i]);
-    w->more = count > 0 && count == n_free + n_res;
+    if (w->state != W_RUNNING)
+        return_reserved(w); /* arrived while stopping: straight back */
+    w->more = count > 0 && count == w->fetch.asked;
+    w->fetch.queues_empty = count == 0;
     return count;
 }
 
@@ -1466,11 +1503,12 @@ static int loop_once(struct worker *w)
     if (w->state == W_RUNNING || w->state == W_RECONNECTING)
         dispatch(w);
     int bfd = -1;
-    w->more = 0;
+    /* A batch while the queues have messages; once one comes back empty, a
+     * BRPOP waits for the next message (and the next batch follows it). */
     if (can_fetch(w) && w->broker->ops->fetch_fd(w->broker) < 0) {
-        if (fetch_now(w) > 0)
-            dispatch(w);
-        else if (w->state == W_RUNNING && w->broker->ops->fetch_start(w->broker) < 0)
+        if (!w->fetch.queues_empty)
+            fetch_send(w);
+        else if (w->broker->ops->fetch_start(w->broker) < 0)
             broker_lost(w, "fetch");
     }
     bfd = w->broker->ops->fetch_fd(w->broker);
@@ -1489,13 +1527,26 @@ static int loop_once(struct worker *w)
         sub_slot = nfds;
         fds[nfds++] = (struct pollfd){.fd = sfd, .events = POLLIN};
     }
+    /* The reply of the results in flight is read when it arrives; results
+     * waiting for their retry time are sent then. */
+    int rfd = w->results_out.sent == 1 ? backend_store_fd(w->backend) : -1;
+    size_t results_slot = (size_t)-1;
+    if (rfd >= 0) {
+        results_slot = nfds;
+        fds[nfds++] = (struct pollfd){.fd = rfd, .events = POLLIN};
+    } else if (results_held(w)) {
+        flush_results(w);
+    }
     size_t child_base = nfds;
     for (size_t i = 0; i < w->pool.n && nfds < sizeof fds / sizeof fds[0]; i++)
         fds[nfds++] = (struct pollfd){.fd = w->pool.children[i].fd, .events = POLLIN};
 
-    if (w->results.len)
-        flush_results(w); /* the reply of the batch in flight, or a batch no fetch took */
-    int timeout = w->more && can_fetch(w) ? 0 : 1000;
+    int timeout = 1000;
+    if (w->results_out.len && w->results_out.retry_at > 0) {
+        double dt = (w->results_out.retry_at - util_monotonic()) * 1000;
+        if (dt < timeout)
+            timeout = dt < 0 ? 0 : (int)dt + 1;
+    }
     if (w->scheduled) {
         double dt = (w->scheduled->msg.eta - util_now()) * 1000;
         if (dt < timeout)
@@ -1549,10 +1600,16 @@ static int loop_once(struct worker *w)
         if (rc < 0 && w->state < W_WARM_STOP)
             broker_lost(w, "remote control");
     }
-    if (broker_slot != (size_t)-1 && fds[broker_slot].revents) {
+    if (results_slot != (size_t)-1 && fds[results_slot].revents)
+        results_recv(w);
+    if (broker_slot != (size_t)-1 && fds[broker_slot].revents && w->fetch.inflight) {
+        if (fetch_recv(w) > 0 && w->state == W_RUNNING)
+            dispatch(w);
+    } else if (broker_slot != (size_t)-1 && fds[broker_slot].revents) {
         struct broker_delivery d = {0};
         int rc = w->broker->ops->fetch_read(w->broker, &d);
         if (rc == 1) {
+            w->fetch.queues_empty = 0;
             if (w->state == W_RUNNING) {
                 on_message(w, &d);
                 dispatch(w);
@@ -1579,17 +1636,17 @@ static int loop_once(struct worker *w)
             }
     }
 flush:
-    /* This iteration's results are written now and their reply read after
-     * the next fetch (or before the next poll), overlapping the round trips.
-     * With more messages waiting the next fetch carries the acks; otherwise
-     * they go now. With events on, the results are stored first, as a task's
-     * events follow its stored result. */
+    /* This iteration's results are written now and their reply read when it
+     * arrives (the loop polls for it). With more messages waiting the next
+     * batch fetch carries the acks; otherwise they go now. With task events
+     * buffered, the results are stored first, as a task's events follow its
+     * stored result. */
     results_send(w);
-    if (w->state >= W_WARM_STOP && w->results.len)
+    if (w->state >= W_WARM_STOP && results_held(w))
         flush_results(w); /* stopping: the acks_late acks of these go out now too */
-    if (!(w->more && can_fetch(w)))
+    if (!(w->more && (can_fetch(w) || w->fetch.inflight)))
         flush_acks(w);
-    if (w->events.broker && w->results.len)
+    if (w->events.pending && celeriac_value_len(w->events.pending) > 0 && results_held(w))
         flush_results(w);
     if (w->state != W_RECONNECTING && w->events.broker &&
         events_flush(&w->events) < 0 && w->state < W_WARM_STOP)
@@ -2004,12 +2061,23 @@ void worker_free(struct worker *w)
     for (size_t i = 0; i < w->ack_batch.len; i++)
         free(w->ack_batch.tags[i]);
     free(w->ack_batch.tags);
-    for (size_t i = 0; i < w->late_acks.len; i++)
-        free(w->late_acks.tags[i]);
-    free(w->late_acks.tags);
-    free(w->results.ids);
-    free(w->results.docs);
-    free(w->results.lens);
+    for (size_t i = 0; i < w->fetch.acks.len; i++)
+        free(w->fetch.acks.tags[i]);
+    free(w->fetch.acks.tags);
+    struct result_batch *batches[2] = {&w->results, &w->results_out};
+    for (int k = 0; k < 2; k++) {
+        struct result_batch *b = batches[k];
+        for (size_t i = 0; i < b->len; i++) {
+            free(b->ids[i]);
+            free(b->docs[i]);
+        }
+        for (size_t i = 0; i < b->late_acks.len; i++)
+            free(b->late_acks.tags[i]);
+        free(b->late_acks.tags);
+        free(b->ids);
+        free(b->docs);
+        free(b->lens);
+    }
     events_clear(&w->events);
     revoked_free(&w->revoked);
     for (size_t i = 0; i < w->queues.len; i++)

@@ -72,18 +72,24 @@ struct worker {
     size_t prefetch_limit;
     struct tag_list pending_acks;        /* acks to send once the broker is back */
     struct tag_list ack_batch;           /* acks of this loop iteration, sent together */
-    struct tag_list late_acks;           /* acks_late acks of results in the batch below:
-                                          * join ack_batch once those are stored */
     struct result_batch {                /* results the pool sent back to store, sent together */
         char **ids, **docs;              /* owned */
         size_t *lens;
         size_t len, cap;
+        struct tag_list late_acks;       /* acks_late acks of these results: they join
+                                          * ack_batch once the results are stored */
         double retry_at;                 /* monotonic: next attempt while the backend is down */
         double failing_since;            /* monotonic: first failed attempt, 0 = none */
         int sent;                        /* 1: results_send() wrote them, reply not read yet;
                                           * negative: the send failed with that code */
-    } results;
+    } results, results_out;              /* collecting; written (or waiting to be retried) */
     int more;                            /* the last batch fetch was full: fetch again soon */
+    struct fetch_state {                 /* the batch fetch outstanding on the broker */
+        int inflight;                    /* its reply is not read yet */
+        size_t asked;                    /* n_free + n_reserve it asked for */
+        struct tag_list acks;            /* the acks riding with it (owned) */
+        int queues_empty;                /* the last batch brought nothing: BRPOP next */
+    } fetch;
     int sigpipe[2];
     double next_restore;                 /* monotonic */
     double next_refresh;                 /* monotonic: keep our unacked entries fresh */
