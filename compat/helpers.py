@@ -188,3 +188,82 @@ class RedisServer:
     @property
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
+
+
+class SilentLinkProxy:
+    """A loopback TCP proxy to a Redis port whose links can go silent: after
+    silence(), Redis sees the connections open then closed, while the client's
+    ends stay open and carry nothing (a server lost without the client hearing
+    of it: a failover, a dead NAT entry); connections made later are forwarded
+    normally."""
+
+    def __init__(self, target_port):
+        import threading
+        self.target_port = target_port
+        self.listener = socket.create_server((LOCALHOST, 0))
+        self.port = self.listener.getsockname()[1]
+        self.pairs = []            # [client, upstream, silent]
+        self.lock = threading.Lock()
+        self.stopping = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def url(self, db=0):
+        return f"redis://{LOCALHOST}:{self.port}/{db}"
+
+    def silence(self):
+        """Every connection open now goes silent (and stays open)."""
+        with self.lock:
+            for pair in self.pairs:
+                pair[2] = True  # the proxy thread closes the Redis side
+            n = len(self.pairs)
+        wait_for(lambda: all(p[1].fileno() < 0 for p in list(self.pairs) if p[2]), 5,
+                 "the proxy to close the silenced links' Redis side")
+        return n
+
+    def _run(self):
+        import select
+        while not self.stopping:
+            with self.lock:
+                for p in self.pairs:
+                    if p[2] and p[1].fileno() >= 0:
+                        p[1].close()  # Redis drops the client: a BRPOP takes nothing
+                live = [p for p in self.pairs if not p[2]]
+            socks = [self.listener] + [s for p in live for s in p[:2]]
+            ready, _, _ = select.select(socks, [], [], 0.05)
+            for s in ready:
+                if s is self.listener:
+                    client, _ = self.listener.accept()
+                    upstream = socket.create_connection((LOCALHOST, self.target_port))
+                    with self.lock:
+                        self.pairs.append([client, upstream, False])
+                    continue
+                pair = next((p for p in live if s in p[:2]), None)
+                if pair is None:
+                    continue
+                with self.lock:
+                    if pair[2]:
+                        continue  # went silent meanwhile: the bytes are dropped
+                try:
+                    data = s.recv(65536)
+                except OSError:
+                    data = b""
+                other = pair[1] if s is pair[0] else pair[0]
+                if not data:
+                    for x in pair[:2]:
+                        x.close()
+                    with self.lock:
+                        self.pairs.remove(pair)
+                    continue
+                other.sendall(data)
+
+    def close(self):
+        self.stopping = True
+        self.thread.join(5)
+        self.listener.close()
+        for pair in self.pairs:
+            for x in pair[:2]:
+                try:
+                    x.close()
+                except OSError:
+                    pass

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from helpers import child_pids, pid_alive, raw_meta, wait_for
+from helpers import SilentLinkProxy, child_pids, pid_alive, raw_meta, wait_for
 
 
 def _statuses(redis, ids):
@@ -331,3 +331,30 @@ def test_acks_late_ack_waits_for_its_stored_result(make_worker, redis_factory, a
              60, "every result once the backend is back")
     wait_for(lambda: client.hlen("unacked") == 0, 20, "the acks after the stored results")
     assert w.alive
+
+
+@pytest.mark.celeriac_only
+def test_broker_link_gone_silent_is_replaced(make_worker, redis_factory, app_factory):
+    """The broker stops answering on the worker's links without closing them (a dead
+    NAT entry, a partition): the outstanding fetch gets no reply and no error. The worker
+    gives the link up after BRPOP's timeout plus the command timeout (11 s), reconnects
+    and consumes again. Heartbeats are off so that only the fetch can notice."""
+    redis = redis_factory()
+    proxy = SilentLinkProxy(redis.port)
+    try:
+        app = app_factory(redis)  # the producer talks to Redis directly
+        w = make_worker(redis, broker_args=False,
+                        extra=["-b", proxy.url(0), "--result-backend", redis.url(1),
+                               "--without-heartbeat"])
+        assert app.send_task("examples.add", args=(1, 1)).get(timeout=30) == 2
+        assert proxy.silence() >= 2
+        t0 = time.monotonic()
+        r = app.send_task("examples.add", args=(2, 2))
+        assert r.get(timeout=40) == 4
+        took = time.monotonic() - t0
+        assert took < 30, f"the task waited {took:.1f} s behind a silent broker link"
+        assert w.alive
+        log = w.logfile.read_text()
+        assert "no reply in 11 s" in log, log[-3000:]
+    finally:
+        proxy.close()

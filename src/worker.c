@@ -225,6 +225,7 @@ static int results_send(struct worker *w)
     int rc = backend_store_send(w->backend, b->len, (const char *const *)b->ids,
                                 (const char *const *)b->docs, b->lens);
     b->sent = rc == 0 ? 1 : rc;
+    b->sent_at = util_monotonic();
     return 1;
 }
 
@@ -1437,6 +1438,11 @@ static size_t prefetch_room(const struct worker *w)
 }
 
 #define FETCH_BATCH_MAX 128
+/* Seconds without a reply before an outstanding fetch counts as a lost link:
+ * BRPOP's own 1 s timeout plus the 10 s every other broker command gets. */
+#define FETCH_REPLY_TIMEOUT 11.0
+/* Seconds before the loop waits on a results reply (with the link's timeout). */
+#define STORE_REPLY_TIMEOUT 10.0
 
 /* Asks the broker for the messages the window has room for, without waiting:
  * the reply is read in loop_once() when the broker link is readable (the
@@ -1502,14 +1508,24 @@ static int loop_once(struct worker *w)
         return 0; /* nothing left to wait for */
     if (w->state == W_RUNNING || w->state == W_RECONNECTING)
         dispatch(w);
-    int bfd = -1;
+    int bfd = w->broker->ops->fetch_fd(w->broker);
+    double mono = util_monotonic();
+    if (bfd < 0)
+        w->fetch.since = 0;
     /* A batch while the queues have messages; once one comes back empty, a
      * BRPOP waits for the next message (and the next batch follows it). */
-    if (can_fetch(w) && w->broker->ops->fetch_fd(w->broker) < 0) {
+    if (can_fetch(w) && bfd < 0) {
+        w->fetch.since = mono;
         if (!w->fetch.queues_empty)
             fetch_send(w);
         else if (w->broker->ops->fetch_start(w->broker) < 0)
             broker_lost(w, "fetch");
+    } else if (bfd >= 0 && w->fetch.since > 0 && mono - w->fetch.since > FETCH_REPLY_TIMEOUT) {
+        /* A broker that stopped answering without closing the link. */
+        snprintf(w->broker->errstr, sizeof w->broker->errstr, "no reply in %.0f s",
+                 FETCH_REPLY_TIMEOUT);
+        fetch_forget(w);
+        broker_lost(w, "fetch");
     }
     bfd = w->broker->ops->fetch_fd(w->broker);
 
@@ -1531,7 +1547,9 @@ static int loop_once(struct worker *w)
      * waiting for their retry time are sent then. */
     int rfd = w->results_out.sent == 1 ? backend_store_fd(w->backend) : -1;
     size_t results_slot = (size_t)-1;
-    if (rfd >= 0) {
+    if (rfd >= 0 && mono - w->results_out.sent_at > STORE_REPLY_TIMEOUT) {
+        results_recv(w); /* a backend that went silent: wait out the link's timeout */
+    } else if (rfd >= 0) {
         results_slot = nfds;
         fds[nfds++] = (struct pollfd){.fd = rfd, .events = POLLIN};
     } else if (results_held(w)) {

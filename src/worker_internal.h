@@ -82,6 +82,7 @@ struct worker {
         double failing_since;            /* monotonic: first failed attempt, 0 = none */
         int sent;                        /* 1: results_send() wrote them, reply not read yet;
                                           * negative: the send failed with that code */
+        double sent_at;                  /* monotonic, when sent == 1 */
     } results, results_out;              /* collecting; written (or waiting to be retried) */
     int more;                            /* the last batch fetch was full: fetch again soon */
     struct fetch_state {                 /* the batch fetch outstanding on the broker */
@@ -89,6 +90,8 @@ struct worker {
         size_t asked;                    /* n_free + n_reserve it asked for */
         struct tag_list acks;            /* the acks riding with it (owned) */
         int queues_empty;                /* the last batch brought nothing: BRPOP next */
+        double since;                    /* monotonic: when the outstanding fetch (batch or
+                                          * BRPOP) was sent, 0 = none */
     } fetch;
     int sigpipe[2];
     double next_restore;                 /* monotonic */
