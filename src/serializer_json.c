@@ -521,8 +521,17 @@ static int put_value(struct buf *b, const celeriac_value *v, unsigned depth)
         return buf_append(b, "null", 4);
     case CELERIAC_BOOL:
         return v->u.b ? buf_append(b, "true", 4) : buf_append(b, "false", 5);
-    case CELERIAC_INT:
-        return buf_append(b, num, (size_t)snprintf(num, sizeof num, "%lld", (long long)v->u.i));
+    case CELERIAC_INT: {
+        /* Digits from the end: snprintf was a visible part of encoding results. */
+        uint64_t u = v->u.i < 0 ? 0 - (uint64_t)v->u.i : (uint64_t)v->u.i;
+        char *p = num + sizeof num;
+        do
+            *--p = (char)('0' + u % 10);
+        while ((u /= 10) != 0);
+        if (v->u.i < 0)
+            *--p = '-';
+        return buf_append(b, p, (size_t)(num + sizeof num - p));
+    }
     case CELERIAC_DOUBLE:
         if (v->u.d != v->u.d || v->u.d - v->u.d != 0.0)
             return buf_append(b, "null", 4);

@@ -100,7 +100,7 @@ static void run_success(struct task_exec *x, const struct canvas_env *ce,
     celeriac_value *result = task_context_take_result(t);
     celeriac_value *children = celeriac_value_new_array();
     out->status = POOL_SUCCESS;
-    out->detail = value_repr(result, REPR_MAX);
+    out->detail = flags & EXEC_NO_REPR ? NULL : value_repr(result, REPR_MAX);
     /* Callbacks and the next chain step go out before the result is stored,
      * so the stored meta lists them in children (as Celery's tracer does). */
     canvas_on_success(ce, m, result, children);

@@ -16,6 +16,9 @@
  * child still stores everything else itself (STARTED, progress, RETRY,
  * FAILURE, and results of chord header parts, whose join follows the store). */
 #define EXEC_PARENT_STORES 0x4u
+/* Nobody reads the repr of a successful result (the log is above INFO and task
+ * events are off): the child does not build it. */
+#define EXEC_NO_REPR 0x8u
 
 struct task_exec {
     const celeriac_registry *registry; /* borrowed */

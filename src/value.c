@@ -407,11 +407,28 @@ size_t value_double_repr(double d, char buf[32])
     /* Shortest "%.*e" that reads back as d: its digits and exponent are what
      * Python's repr() uses (David Gay's shortest round trip). */
     char e[40];
-    for (int prec = 0; prec < 17; prec++) {
-        snprintf(e, sizeof e, "%.*e", prec, d);
-        if (strtod(e, NULL) == d)
-            break;
-    }
+    /* Reading back is monotonic in the precision (glibc rounds correctly: the
+     * nearest p+1 digit decimal is no farther from d than the nearest p digit
+     * one), so the shortest is found by bisection; %.16e always reads back.
+     * At a power of two d's rounding interval is narrower below than above,
+     * where that argument fails: those are scanned in order. */
+    int lo = 0, hi = 16, exp2;
+    if (frexp(d, &exp2) == 0.5 || frexp(d, &exp2) == -0.5)
+        for (; lo < 16; lo++) {
+            snprintf(e, sizeof e, "%.*e", lo, d);
+            if (strtod(e, NULL) == d)
+                break;
+        }
+    else
+        while (lo < hi) {
+            int mid = (lo + hi) / 2;
+            snprintf(e, sizeof e, "%.*e", mid, d);
+            if (strtod(e, NULL) == d)
+                hi = mid;
+            else
+                lo = mid + 1;
+        }
+    snprintf(e, sizeof e, "%.*e", lo, d);
     /* Split "-d.ddde+XX" into sign, digits and exponent. */
     const char *p = e;
     int neg = 0;

@@ -850,6 +850,8 @@ static void dispatch(struct worker *w)
         uint32_t flags = j->flags;
         if (!queue && w->nactive == 0 && w->nready == 0 && !w->more)
             flags &= ~(uint32_t)EXEC_PARENT_STORES;
+        if (log_get_level() > LOG_INFO && !w->events.task_events)
+            flags |= EXEC_NO_REPR;
         if (pool_send(c, flags, j->envelope, j->len, j) < 0) {
             /* The child is gone; keep the job for the next one. */
             log_warning("pool process %d did not take a job; replacing it", (int)c->pid);
@@ -938,8 +940,9 @@ static void job_done(struct worker *w, struct pool_child *c, struct pool_outcome
                  o->detail ? o->detail : "None");
         celeriac_value *f = fields_uuid(&j->msg);
         if (f) {
-            celeriac_value_set(f, "result", celeriac_value_new_string(o->detail ? o->detail
-                                                                                : "None"));
+            /* No repr when events were off at dispatch (EXEC_NO_REPR): no result field. */
+            if (o->detail)
+                celeriac_value_set(f, "result", celeriac_value_new_string(o->detail));
             celeriac_value_set(f, "runtime", celeriac_value_new_double(o->runtime));
             events_task(&w->events, "task-succeeded", f);
         }

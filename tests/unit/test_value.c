@@ -1,5 +1,7 @@
 /* test_value.c - unit tests for value.c: builders, accessors, copy, Python repr, JSON round trip. */
 #include <math.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -267,4 +269,76 @@ TEST(to_json_python_style)
     j = celeriac_value_to_json(NULL);
     CHECK_STR(j, "null");
     free(j);
+}
+
+/* The shortest round-tripping precision, found by scanning every precision in
+ * order: what value_double_repr() finds by bisection must be the same. */
+static int shortest_by_scan(double d)
+{
+    char e[40];
+    int prec = 0;
+    for (; prec < 16; prec++) {
+        snprintf(e, sizeof e, "%.*e", prec, d);
+        if (strtod(e, NULL) == d)
+            break;
+    }
+    return prec;
+}
+
+/* Significant digits of a number's text: no sign, point, exponent, or leading
+ * and trailing zeros ("0.00120" and "1.2e-03" both give "12"). */
+static void sig_digits(const char *s, char *out, size_t len)
+{
+    size_t n = 0;
+    for (const char *p = s; *p && *p != 'e' && n + 1 < len; p++)
+        if ((*p >= '1' && *p <= '9') || (*p == '0' && n > 0))
+            out[n++] = *p;
+    while (n > 0 && out[n - 1] == '0')
+        n--;
+    out[n] = '\0';
+}
+
+TEST(double_repr_is_the_shortest_round_trip)
+{
+    uint64_t x = 0x9e3779b97f4a7c15ULL; /* xorshift: the same doubles every run */
+    char buf[32], e[40], got[32], want[32];
+    for (int i = 0; i < 60000; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        double d;
+        if (i % 4 == 1)
+            d = (double)(x % 1000000) / 1000.0;
+        else if (i % 4 == 2)
+            d = ldexp(1.0, (int)(x % 2100) - 1075) * (x & 1 ? -1 : 1); /* powers of two */
+        else
+            memcpy(&d, &x, sizeof d);
+        if (isnan(d) || isinf(d) || d == 0.0)
+            continue;
+        size_t n = value_double_repr(d, buf);
+        buf[n] = '\0';
+        snprintf(e, sizeof e, "%.*e", shortest_by_scan(d), d);
+        sig_digits(buf, got, sizeof got);
+        sig_digits(e, want, sizeof want);
+        if (strtod(buf, NULL) != d || strcmp(got, want) != 0) {
+            fprintf(stderr, "double %.17g: repr %s, shortest %s\n", d, buf, e);
+            CHECK(strtod(buf, NULL) == d);
+            CHECK_STR(got, want);
+            break;
+        }
+    }
+}
+
+TEST(json_ints_at_the_edges)
+{
+    celeriac_value *a = celeriac_value_new_array();
+    celeriac_value_append(a, celeriac_value_new_int(0));
+    celeriac_value_append(a, celeriac_value_new_int(-1));
+    celeriac_value_append(a, celeriac_value_new_int(INT64_MAX));
+    celeriac_value_append(a, celeriac_value_new_int(INT64_MIN));
+    celeriac_value_append(a, celeriac_value_new_int(1000000007));
+    char *j = celeriac_value_to_json(a);
+    CHECK_STR(j, "[0, -1, 9223372036854775807, -9223372036854775808, 1000000007]");
+    free(j);
+    celeriac_value_free(a);
 }
