@@ -706,6 +706,8 @@ ROWS = [
     ("latency p50 (ms)", ("latency_ms", "p50"), False, "{:.2f}"),
     ("latency p99 (ms)", ("latency_ms", "p99"), False, "{:.2f}"),
     ("  send -> date_done p50 (ms)", ("latency_ms", "send_to_date_done_p50"), False, "{:.2f}"),
+    # the worker's share of the tail: p99 above it is the client's (publish, get())
+    ("  send -> date_done p99 (ms)", ("latency_ms", "send_to_date_done_p99"), False, "{:.2f}"),
     ("add, results stored (tasks/s)", ("add", "throughput_per_s"), True, "{:.0f}"),
     ("add, ignore_result (tasks/s)", ("add_ignore_result", "throughput_per_s"), True, "{:.0f}"),
     ("process_document 10 KB (docs/s)", ("process_document", "throughput_per_s"), True, "{:.0f}"),

@@ -1476,12 +1476,13 @@ static void stop_build(void)
     }
 }
 
-static int is_stopword(const char *w, size_t len)
+/* h: hash_bytes(w, len). */
+static int is_stopword(const char *w, size_t len, uint64_t h)
 {
     if (len > STOPWORD_MAX)
         return 0;
     call_once(&stop_once, stop_build);
-    size_t j = hash_bytes(w, len) & (STOPWORD_SLOTS - 1);
+    size_t j = h & (STOPWORD_SLOTS - 1);
     for (; stop_slots[j]; j = (j + 1) & (STOPWORD_SLOTS - 1)) {
         const char *s = stopwords[stop_slots[j] - 1];
         if (strncmp(s, w, len) == 0 && s[len] == '\0')
@@ -1492,8 +1493,9 @@ static int is_stopword(const char *w, size_t len)
 
 /* Term counts: open addressing over terms kept NUL-separated in one arena. */
 struct term {
-    size_t off;   /* into the arena */
-    size_t count; /* 0 = empty slot */
+    size_t off;    /* into the arena */
+    size_t count;  /* 0 = empty slot */
+    uint64_t hash; /* hash_bytes() of the term */
 };
 
 struct terms {
@@ -1502,12 +1504,15 @@ struct terms {
     struct buf arena;
 };
 
+#define FNV_OFFSET 1469598103934665603ULL
+#define FNV_PRIME 1099511628211ULL
+
 static uint64_t hash_bytes(const char *s, size_t n)
 {
-    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    uint64_t h = FNV_OFFSET; /* FNV-1a */
     for (size_t i = 0; i < n; i++) {
         h ^= (unsigned char)s[i];
-        h *= 1099511628211ULL;
+        h *= FNV_PRIME;
     }
     return h;
 }
@@ -1521,8 +1526,7 @@ static int terms_grow(struct terms *tt)
     for (size_t i = 0; i < tt->cap; i++) {
         if (!tt->slots[i].count)
             continue;
-        const char *w = tt->arena.p + tt->slots[i].off;
-        size_t j = hash_bytes(w, strlen(w)) & (cap - 1);
+        size_t j = tt->slots[i].hash & (cap - 1);
         while (slots[j].count)
             j = (j + 1) & (cap - 1);
         slots[j] = tt->slots[i];
@@ -1533,14 +1537,15 @@ static int terms_grow(struct terms *tt)
     return 0;
 }
 
-static int terms_add(struct terms *tt, const char *w, size_t n)
+/* h: hash_bytes(w, n). */
+static int terms_add(struct terms *tt, const char *w, size_t n, uint64_t h)
 {
     if ((tt->used + 1) * 2 > tt->cap && terms_grow(tt) < 0)
         return CELERIAC_ENOMEM;
-    size_t j = hash_bytes(w, n) & (tt->cap - 1);
+    size_t j = h & (tt->cap - 1);
     while (tt->slots[j].count) {
         const char *have = tt->arena.p + tt->slots[j].off;
-        if (strncmp(have, w, n) == 0 && have[n] == '\0') {
+        if (tt->slots[j].hash == h && memcmp(have, w, n) == 0 && have[n] == '\0') {
             tt->slots[j].count++;
             return 0;
         }
@@ -1551,6 +1556,7 @@ static int terms_add(struct terms *tt, const char *w, size_t n)
         return CELERIAC_ENOMEM;
     tt->slots[j].off = off;
     tt->slots[j].count = 1;
+    tt->slots[j].hash = h;
     tt->used++;
     return 0;
 }
@@ -1573,38 +1579,52 @@ static int top_terms(struct doc *d)
     char word[TERM_MAX_BYTES + 4];
     size_t wl = 0, letters = 0, i = 0;
     int rc = 0, too_long = 0;
+    uint64_t h = FNV_OFFSET; /* hash_bytes(word, wl), kept as the word grows */
     const char *s = d->text.p;
     size_t n = d->text.len;
     while (rc == 0 && i <= n) {
         uint32_t cp = ' ';
         size_t k = 1;
         if (i < n) {
-            if ((unsigned char)s[i] < 0x80)
-                cp = (unsigned char)s[i]; /* ASCII: no decoding */
-            else
+            unsigned char c = (unsigned char)s[i];
+            if (c < 0x80) {
+                /* ASCII: no decoding; letters and digits go straight in. */
+                unsigned char lc = c >= 'A' && c <= 'Z' ? (unsigned char)(c + 32) : c;
+                if ((lc >= 'a' && lc <= 'z') || (c >= '0' && c <= '9')) {
+                    if (wl + 1 > TERM_MAX_BYTES) {
+                        too_long = 1;
+                    } else {
+                        word[wl++] = (char)lc;
+                        h = (h ^ lc) * FNV_PRIME;
+                    }
+                    letters += lc >= 'a';
+                    i++;
+                    continue;
+                }
+                cp = c;
+            } else {
                 k = utf8_next((const unsigned char *)s, n, i, &cp);
+            }
         }
         if (i < n && is_word_cp(cp)) {
             char enc[4];
-            size_t el = 1;
-            if (cp < 0x80)
-                enc[0] = (char)(cp >= 'A' && cp <= 'Z' ? cp + 32 : cp);
-            else
-                el = utf8_put(lower_cp(cp), enc);
+            size_t el = utf8_put(lower_cp(cp), enc); /* not ASCII here */
             if (wl + el > TERM_MAX_BYTES)
                 too_long = 1;
             else {
-                memcpy(word + wl, enc, el);
-                wl += el;
+                for (size_t b = 0; b < el; b++) {
+                    word[wl++] = enc[b];
+                    h = (h ^ (unsigned char)enc[b]) * FNV_PRIME;
+                }
             }
-            if (!(cp >= '0' && cp <= '9'))
-                letters++;
+            letters++;
         } else if (wl > 0 || too_long) {
             word[wl] = '\0';
-            if (!too_long && letters >= 3 && !is_stopword(word, wl))
-                rc = terms_add(&tt, word, wl);
+            if (!too_long && letters >= 3 && !is_stopword(word, wl, h))
+                rc = terms_add(&tt, word, wl, h);
             wl = letters = 0;
             too_long = 0;
+            h = FNV_OFFSET;
         }
         i += k;
     }
