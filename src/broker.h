@@ -11,7 +11,7 @@ struct broker_delivery {
     char *body;       /* owned: the raw envelope (kombu JSON on Redis), NUL-terminated */
     size_t len;
     char queue[256];  /* queue name without any priority suffix */
-    int reserved;     /* fetch_batch recorded it as unacknowledged under tag */
+    int reserved;     /* the batch fetch recorded it as unacknowledged under tag */
     char tag[128];    /* the delivery tag it was reserved under */
 };
 
