@@ -10,7 +10,9 @@ import uuid
 import pytest
 
 from conftest import CELERIAC_BIN
-from helpers import wait_for
+import os
+
+from helpers import child_pids, wait_for
 
 def _run(*args, env=None, timeout=20):
     return subprocess.run([CELERIAC_BIN, *args], capture_output=True, text=True,
@@ -113,6 +115,21 @@ def test_pidfile_hostname_and_sigterm(make_worker, redis_factory):
     assert re.search(r"nodeA@\S+ ready\.", text), text
     w.proc.send_signal(signal.SIGTERM)
     assert w.proc.wait(20) == 0
+
+
+@pytest.mark.celeriac_only
+@pytest.mark.parametrize("flag,policy", [(None, os.SCHED_BATCH),
+                                         ("--pool-sched-batch=false", os.SCHED_OTHER)])
+def test_pool_processes_scheduling_policy(make_worker, redis_factory, flag, policy):
+    """Pool processes run under SCHED_BATCH by default (waking one to hand it work does not
+    preempt the main process); worker_pool_sched_batch=false keeps the default policy. The
+    main process keeps the default either way."""
+    redis = redis_factory()
+    w = make_worker(redis, concurrency=2, extra=[flag] if flag else [])
+    kids = wait_for(lambda: child_pids(w.pid) if len(child_pids(w.pid)) == 2 else None, 10,
+                    "two pool processes")
+    assert [os.sched_getscheduler(k) for k in kids] == [policy, policy]
+    assert os.sched_getscheduler(w.pid) == os.SCHED_OTHER
 
 
 @pytest.mark.celeriac_only

@@ -116,6 +116,10 @@ static const struct option_def options[] = {
      10, NULL,
      "Seconds of expected work a busy pool process may hold queued behind its current task "
      "(tasks averaging under half of it; 0 = only idle processes get tasks)"},
+    {"worker_pool_sched_batch", "pool-sched-batch", 0, OPT_BOOL, F(pool_sched_batch), "true", 0,
+     0, NULL,
+     "Run pool processes under SCHED_BATCH, so that handing them work does not preempt the "
+     "main process (false: the default policy)"},
     {"progress_interval", "progress-interval", 0, OPT_DOUBLE, F(progress_interval), "0.05", 0,
      3600, NULL, "Minimum seconds between two stored PROCESSING updates of a task (first always)"},
     {"heartbeat_interval", "heartbeat-interval", 0, OPT_DOUBLE, F(heartbeat_interval), "2.0",

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -71,6 +72,12 @@ static int spawn(struct pool *p, struct pool_child *c)
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
+        /* A woken SCHED_BATCH process does not preempt the one that woke it:
+         * the main process finishes handing out work (and reading the
+         * broker) before a pool process takes its CPU. */
+        struct sched_param sp = {0};
+        if (p->sched_batch && sched_setscheduler(0, SCHED_BATCH, &sp) < 0)
+            log_msg(LOG_DEBUG, "SCHED_BATCH: %s", strerror(errno));
         for (size_t i = 0; i < p->n; i++)
             if (p->children[i].fd >= 0)
                 close(p->children[i].fd);

@@ -60,6 +60,7 @@ struct pool {
     pool_child_fn fn;
     void *ud;                    /* borrowed until pool_free */
     int next_index;
+    int sched_batch;             /* children run under SCHED_BATCH (set before pool_start) */
     int err;
     char errstr[256];
 };

@@ -1763,6 +1763,7 @@ int worker_run(struct worker *w)
     log_info("Connected to %s", w->broker->ops->name);
 
     size_t procs = (size_t)(w->cfg->autoscale_max > 0 ? w->cfg->autoscale_min : w->cfg->concurrency);
+    w->pool.sched_batch = w->cfg->pool_sched_batch;
     if (pool_start(&w->pool, procs, task_exec_child_main, &w->exec) < 0) {
         log_error("cannot start the pool: %s", w->pool.errstr);
         pool_kill(&w->pool, SIGKILL);
