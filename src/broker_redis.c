@@ -263,6 +263,21 @@ static int redis_set_queues(struct broker *b, char **queues, size_t n)
     return r->cmd.ctx ? declare_bindings(r) : 0;
 }
 
+/* Writes the pending request bytes of the consume link. */
+static int consume_write(struct broker_redis *r, const char *what)
+{
+    int done = 0;
+    while (!done)
+        if (redisBufferWrite(r->consume.ctx, &done) != REDIS_OK) {
+            redis_conn_fail(&r->consume, what);
+            set_err(r, CELERIAC_ECONN, r->consume.errstr);
+            r->fetching = FETCH_NONE;
+            batch_forget(r);
+            return CELERIAC_ECONN;
+        }
+    return 0;
+}
+
 static int redis_fetch_start(struct broker *b)
 {
     struct broker_redis *r = (struct broker_redis *)b;
@@ -300,15 +315,8 @@ static int redis_fetch_start(struct broker *b)
         set_err(r, CELERIAC_ECONN, r->consume.errstr);
         return CELERIAC_ECONN;
     }
-    int done = 0;
-    while (!done)
-        if (redisBufferWrite(r->consume.ctx, &done) != REDIS_OK) {
-            redis_conn_fail(&r->consume, "BRPOP");
-            set_err(r, CELERIAC_ECONN, r->consume.errstr);
-            return CELERIAC_ECONN;
-        }
     r->fetching = FETCH_BRPOP;
-    return 0;
+    return consume_write(r, "BRPOP");
 }
 
 static int redis_fetch_cancel(struct broker *b)
@@ -332,20 +340,6 @@ static int redis_fetch_fd(struct broker *b)
     return r->fetching != FETCH_NONE && r->consume.ctx ? r->consume.ctx->fd : -1;
 }
 
-/* Writes the pending request bytes of the consume link. */
-static int consume_write(struct broker_redis *r, const char *what)
-{
-    int done = 0;
-    while (!done)
-        if (redisBufferWrite(r->consume.ctx, &done) != REDIS_OK) {
-            redis_conn_fail(&r->consume, what);
-            set_err(r, CELERIAC_ECONN, r->consume.errstr);
-            r->fetching = FETCH_NONE;
-            batch_forget(r);
-            return CELERIAC_ECONN;
-        }
-    return 0;
-}
 
 /* Moves queue i to the end of the consume order (kombu's round_robin). */
 static void rotate(struct broker_redis *r, size_t i)

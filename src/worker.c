@@ -1527,8 +1527,7 @@ static int loop_once(struct worker *w)
         /* A broker that stopped answering without closing the link. */
         snprintf(w->broker->errstr, sizeof w->broker->errstr, "no reply in %.0f s",
                  FETCH_REPLY_TIMEOUT);
-        fetch_forget(w);
-        broker_lost(w, "fetch");
+        broker_lost(w, "fetch"); /* forgets the batch: its acks wait for the broker */
     }
     bfd = w->broker->ops->fetch_fd(w->broker);
 
