@@ -41,40 +41,55 @@ void backend_free(struct backend *b)
         b->ops->free(b);
 }
 
+/* Appends ", \"key\": " and v as JSON (v borrowed; NULL is null). */
+static int put_member(struct buf *b, const char *key, const celeriac_value *v)
+{
+    char *json = v ? celeriac_value_to_json(v) : NULL;
+    int rc = v && !json ? -1 : 0;
+    rc = rc ? rc : buf_puts(b, b->len > 1 ? ", \"" : "\"");
+    rc = rc ? rc : buf_puts(b, key);
+    rc = rc ? rc : buf_puts(b, "\": ");
+    rc = rc ? rc : buf_puts(b, json ? json : "null");
+    free(json);
+    return rc;
+}
+
+static int put_string_member(struct buf *b, const char *key, const char *s)
+{
+    celeriac_value *v = s ? celeriac_value_new_string(s) : NULL;
+    int rc = s && !v ? -1 : put_member(b, key, v);
+    celeriac_value_free(v);
+    return rc;
+}
+
 char *backend_encode_meta(const struct result_meta *m, size_t *len)
 {
-    /* Built by hand around the encoded result so key order matches Celery. */
-    celeriac_value *doc = celeriac_value_new_object();
-    char *out = NULL;
-    if (!doc)
-        return NULL;
+    /* Written member by member in Celery's key order; the result and
+     * children are encoded where they are (borrowed, not copied). */
+    struct buf b = {0};
     char date[40];
-    int ok = celeriac_value_set(doc, "status", celeriac_value_new_string(m->status)) == 0;
-    ok = ok && celeriac_value_set(doc, "result", m->result ? celeriac_value_copy(m->result)
-                                                            : celeriac_value_new_null()) == 0;
-    ok = ok && celeriac_value_set(doc, "traceback", m->traceback
-                                                        ? celeriac_value_new_string(m->traceback)
-                                                        : celeriac_value_new_null()) == 0;
-    ok = ok && celeriac_value_set(doc, "children", m->children ? celeriac_value_copy(m->children)
-                                                                : celeriac_value_new_array()) == 0;
-    if (m->ready) {
+    static const celeriac_value no_children = {.type = CELERIAC_ARRAY};
+    int ok = buf_puts(&b, "{") == 0;
+    ok = ok && put_string_member(&b, "status", m->status) == 0;
+    ok = ok && put_member(&b, "result", m->result) == 0;
+    ok = ok && put_string_member(&b, "traceback", m->traceback) == 0;
+    ok = ok && put_member(&b, "children", m->children ? m->children : &no_children) == 0;
+    if (m->ready)
         util_iso8601_format(util_now(), date, sizeof date);
-        ok = ok && celeriac_value_set(doc, "date_done", celeriac_value_new_string(date)) == 0;
-    } else {
-        ok = ok && celeriac_value_set(doc, "date_done", celeriac_value_new_null()) == 0;
-    }
+    ok = ok && put_string_member(&b, "date_done", m->ready ? date : NULL) == 0;
     if (m->group_id)
-        ok = ok && celeriac_value_set(doc, "group_id", celeriac_value_new_string(m->group_id)) == 0;
+        ok = ok && put_string_member(&b, "group_id", m->group_id) == 0;
     if (m->parent_id)
-        ok = ok &&
-             celeriac_value_set(doc, "parent_id", celeriac_value_new_string(m->parent_id)) == 0;
-    ok = ok && celeriac_value_set(doc, "task_id", celeriac_value_new_string(m->task_id)) == 0;
-    if (ok)
-        out = celeriac_value_to_json(doc);
-    celeriac_value_free(doc);
-    if (out && len)
-        *len = strlen(out);
-    return out;
+        ok = ok && put_string_member(&b, "parent_id", m->parent_id) == 0;
+    ok = ok && put_string_member(&b, "task_id", m->task_id) == 0;
+    ok = ok && buf_puts(&b, "}") == 0;
+    if (!ok) {
+        buf_free(&b);
+        return NULL;
+    }
+    if (len)
+        *len = b.len;
+    return b.p;
 }
 
 int backend_store_send(struct backend *b, size_t n, const char *const *task_ids,

@@ -39,49 +39,53 @@ int codec_base64_decode(const char *in, size_t len, size_t max_out, unsigned cha
     *out = NULL;
     *outlen = 0;
     const unsigned char *s = (const unsigned char *)in;
-    /* Pass 1: validate and count. */
-    size_t data = 0, pad = 0;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char k = b64_class[s[i]];
-        if (k < 64) {
-            if (pad)
-                return CELERIAC_EPARSE; /* data after padding */
-            data++;
-        } else if (k == 65) {
-            pad++;
-        } else if (k == 255) {
-            return CELERIAC_EPARSE;
-        }
+    /* Output is at most len / 4 * 3 + 2 bytes; only when that bound is over
+     * the cap are the data characters counted first (whitespace may make the
+     * real size smaller). */
+    size_t bound = len / 4 * 3 + 2;
+    if (bound > max_out) {
+        size_t data = 0;
+        for (size_t i = 0; i < len; i++)
+            data += b64_class[s[i]] < 64;
+        if (data / 4 * 3 + (data % 4 ? data % 4 - 1 : 0) > max_out)
+            return CELERIAC_ETOOBIG;
     }
-    if (data % 4 == 1 || pad > 2 || (pad && (data + pad) % 4 != 0))
-        return CELERIAC_EPARSE;
-    size_t n = data / 4 * 3 + (data % 4 ? data % 4 - 1 : 0);
-    if (n > max_out)
-        return CELERIAC_ETOOBIG;
-    unsigned char *o = malloc(n + 1);
+    unsigned char *o = malloc(bound + 1);
     if (!o)
         return CELERIAC_ENOMEM;
-    /* Pass 2: decode, four characters at a time while they are all data. */
+    /* One pass: four data characters at a time (checked together), anything
+     * else one by one: whitespace skipped, '=' counted, the rest refused. */
     uint32_t acc = 0;
     int bits = 0;
-    size_t w = 0, i = 0;
+    size_t w = 0, i = 0, data = 0, pad = 0;
     while (i < len) {
-        if (bits == 0 && i + 4 <= len) {
-            unsigned a = b64_class[s[i]], b = b64_class[s[i + 1]], c = b64_class[s[i + 2]],
-                     d = b64_class[s[i + 3]];
-            if ((a | b | c | d) < 64) {
+        if (bits == 0 && pad == 0) {
+            while (i + 4 <= len) {
+                unsigned a = b64_class[s[i]], b = b64_class[s[i + 1]], c = b64_class[s[i + 2]],
+                         d = b64_class[s[i + 3]];
+                if ((a | b | c | d) >= 64)
+                    break;
                 uint32_t v = (uint32_t)a << 18 | (uint32_t)b << 12 | (uint32_t)c << 6 | d;
                 o[w] = (unsigned char)(v >> 16);
                 o[w + 1] = (unsigned char)(v >> 8);
                 o[w + 2] = (unsigned char)v;
                 w += 3;
                 i += 4;
-                continue;
+                data += 4;
             }
+            if (i >= len)
+                break;
         }
         unsigned char k = b64_class[s[i++]];
-        if (k >= 64)
+        if (k == 64)
             continue;
+        if (k == 65) {
+            pad++;
+            continue;
+        }
+        if (k == 255 || pad)
+            goto bad; /* not base64, or data after padding */
+        data++;
         acc = (acc << 6) | k;
         bits += 6;
         if (bits >= 8) {
@@ -90,10 +94,15 @@ int codec_base64_decode(const char *in, size_t len, size_t max_out, unsigned cha
             acc &= (1u << bits) - 1;
         }
     }
+    if (data % 4 == 1 || pad > 2 || (pad && (data + pad) % 4 != 0))
+        goto bad;
     o[w] = 0;
     *out = o;
     *outlen = w;
     return 0;
+bad:
+    free(o);
+    return CELERIAC_EPARSE;
 }
 
 char *codec_base64_encode(const void *in, size_t len, size_t *outlen)

@@ -30,6 +30,20 @@ struct serializer {
 extern const struct serializer serializer_json;
 extern const struct serializer serializer_msgpack;
 
+/* serializer_json.decode() for a JSON object whose top-level member key is
+ * expected to hold a long plain string (a kombu envelope's base64 body):
+ * that string is copied out without going through the parser. The result,
+ * return code and error text are the same as serializer_json.decode()'s. */
+int json_decode_lifting(const void *buf, size_t len, const char *key,
+                        const struct decode_limits *lim, celeriac_value **out, char *err,
+                        size_t errlen);
+/* What json_decode_lifting() lifts: 1 with the content of the top-level
+ * string member key at text[*off], *vlen bytes, when it is at least 256
+ * bytes of printable ASCII without escapes and the key occurs once; else 0.
+ * Follows only the structure (the parser checks the rest). */
+int json_find_plain_member(const char *text, size_t n, const char *key, size_t *off,
+                           size_t *vlen);
+
 enum serializer_lookup {
     SERIALIZER_OK = 0,      /* *out set */
     SERIALIZER_REFUSED = 1, /* known but never deserialized (pickle, yaml) */

@@ -3,6 +3,10 @@
 #include <math.h>
 #include <yajl/yajl_parse.h>
 #include <stdarg.h>
+#include <stdint.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -418,6 +422,174 @@ static int json_decode(const void *buf, size_t len, const struct decode_limits *
         return c.rc;
     }
     *out = c.root;
+    return 0;
+}
+
+/* ---- Lifting one long string out ----------------------------------------
+ * A kombu envelope is mostly its base64 body: a 10 KB document makes a 14 KB
+ * string that the parser would check byte by byte (twice: in the main
+ * process and in the pool process). A top-level string member that is plain
+ * (printable ASCII, no escapes; base64 always is) is found by a structural
+ * scan instead, checked eight bytes at a time and copied; the parser sees
+ * the rest with "" in its place. Anything unusual (no object, escapes in a
+ * top-level key, the key twice, a short or non-plain value) takes the plain
+ * decode, and so does any error, so results and messages are the same. */
+
+#define LIFT_MIN_BYTES 256
+
+static size_t skip_ws(const char *s, size_t i, size_t n)
+{
+    while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r'))
+        i++;
+    return i;
+}
+
+/* s[i] is '"': the index after the closing quote, 0 if there is none. *plain
+ * says whether every byte between is printable ASCII other than '\'. */
+static size_t scan_string(const char *s, size_t i, size_t n, int *plain)
+{
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    *plain = 1;
+    i++;
+    /* Sixteen (else eight) bytes at a time while none is '"', '\', a control
+     * or non-ASCII. */
+#if defined(__SSE2__)
+    const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'),
+                  space = _mm_set1_epi8(0x20);
+    while (i + 16 <= n) {
+        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(s + i));
+        /* signed: below 0x20 also catches 0x80..0xff */
+        __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, bslash)),
+                                   _mm_cmpgt_epi8(space, x));
+        if (_mm_movemask_epi8(hit))
+            break;
+        i += 16;
+    }
+#endif
+    while (i + 8 <= n) {
+        uint64_t x;
+        memcpy(&x, s + i, 8);
+        uint64_t q = x ^ (ones * '"'), b = x ^ (ones * '\\');
+        uint64_t hit = ((q - ones) & ~q) | ((b - ones) & ~b) | ((x - ones * 0x20) & ~x) | x;
+        if (hit & highs)
+            break;
+        i += 8;
+    }
+    for (; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"')
+            return i + 1;
+        if (c == '\\') {
+            *plain = 0;
+            i++;
+        } else if (c < 0x20 || c >= 0x80) {
+            *plain = 0;
+        }
+    }
+    return 0;
+}
+
+/* The index after the value starting at s[i], 0 if it does not end. Only
+ * structure is followed (strings, brackets); the parser checks the rest. */
+static size_t skip_value(const char *s, size_t i, size_t n)
+{
+    size_t depth = 0;
+    int plain;
+    while (i < n) {
+        char c = s[i];
+        if (c == '"') {
+            if (!(i = scan_string(s, i, n, &plain)))
+                return 0;
+        } else if (c == '{' || c == '[') {
+            depth++;
+            i++;
+            continue;
+        } else if (c == '}' || c == ']') {
+            if (depth == 0)
+                return i; /* the end of the enclosing object */
+            depth--;
+            i++;
+        } else if (depth == 0 && (c == ',' || c == ' ' || c == '\t' || c == '\n' || c == '\r')) {
+            return i;
+        } else {
+            i++;
+            continue;
+        }
+        if (depth == 0)
+            return i;
+    }
+    return depth == 0 ? i : 0;
+}
+
+int json_find_plain_member(const char *text, size_t n, const char *key, size_t *off,
+                           size_t *vlen)
+{
+    size_t klen = strlen(key), i = skip_ws(text, 0, n);
+    int found = 0, plain;
+    if (i >= n || text[i] != '{')
+        return 0;
+    i = skip_ws(text, i + 1, n);
+    while (i < n && text[i] == '"') {
+        size_t kstart = i + 1, kend = scan_string(text, i, n, &plain);
+        if (!kend || !plain)
+            return 0;
+        int match = kend - 1 - kstart == klen && memcmp(text + kstart, key, klen) == 0;
+        i = skip_ws(text, kend, n);
+        if (i >= n || text[i] != ':')
+            return 0;
+        i = skip_ws(text, i + 1, n);
+        if (match) {
+            if (found || i >= n || text[i] != '"')
+                return 0;
+            size_t end = scan_string(text, i, n, &plain);
+            if (!end || !plain || end - i - 2 < LIFT_MIN_BYTES)
+                return 0;
+            *off = i + 1;
+            *vlen = end - i - 2;
+            found = 1;
+            i = end;
+        } else if (!(i = skip_value(text, i, n))) {
+            return 0;
+        }
+        i = skip_ws(text, i, n);
+        if (i < n && text[i] == ',')
+            i = skip_ws(text, i + 1, n);
+        else
+            break;
+    }
+    return found;
+}
+
+int json_decode_lifting(const void *buf, size_t len, const char *key,
+                        const struct decode_limits *lim, celeriac_value **out, char *err,
+                        size_t errlen)
+{
+    size_t off = 0, vlen = 0;
+    if (!buf || !out || !key || (lim && len > lim->max_bytes) ||
+        !json_find_plain_member(buf, len, key, &off, &vlen))
+        return json_decode(buf, len, lim, out, err, errlen);
+    /* The text with the value's quotes and content replaced by "". */
+    size_t rest = len - vlen;
+    char *copy = malloc(rest);
+    if (!copy)
+        return CELERIAC_ENOMEM;
+    memcpy(copy, buf, off);
+    memcpy(copy + off, (const char *)buf + off + vlen, len - off - vlen);
+    celeriac_value *v = NULL, *s = NULL;
+    int rc = json_decode(copy, rest, lim, &v, NULL, 0);
+    free(copy);
+    if (rc == 0 && v->type != CELERIAC_OBJECT) {
+        celeriac_value_free(v); /* a {"__type__": ...} form: leave it to the plain decode */
+        rc = CELERIAC_EPARSE;
+    }
+    if (rc < 0) /* the plain decode says what is wrong, where */
+        return json_decode(buf, len, lim, out, err, errlen);
+    if (!(s = celeriac_value_new_stringn((const char *)buf + off, vlen)) ||
+        celeriac_value_set(v, key, s) < 0) {
+        celeriac_value_free(v);
+        return CELERIAC_ENOMEM; /* celeriac_value_set() frees s on failure */
+    }
+    *out = v;
     return 0;
 }
 

@@ -408,7 +408,7 @@ int task_message_decode(const char *envelope, size_t len, const struct task_mess
     /* The envelope. */
     struct decode_limits el = {lim->max_message_bytes, lim->max_depth, lim->max_items};
     char why[256] = "";
-    int rc = serializer_json.decode(envelope ? envelope : "", len, &el, &env, why, sizeof why);
+    int rc = json_decode_lifting(envelope ? envelope : "", len, "body", &el, &env, why, sizeof why);
     if (rc < 0) {
         fail(&d, rc, "envelope: %s", why[0] ? why : celeriac_strerror(rc));
         goto out;

@@ -1,5 +1,6 @@
 /* test_codec.c - unit tests for codec.c: base64 vectors, zlib/gzip/bzip2 round trips and output caps. */
 #include <bzlib.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zlib.h>
@@ -62,6 +63,77 @@ TEST(base64_rejects)
     CHECK_EQ_INT(codec_base64_decode("Zm9vYmFy", 8, 5, &out, &n), CELERIAC_ETOOBIG);
     CHECK_EQ_INT(codec_base64_decode("Zm9vYmFy", 8, 6, &out, &n), 0);
     free(out);
+}
+
+/* The plain rules, one character at a time: what the decoder must agree
+ * with on any input (it takes four data characters at a time). */
+static int ref_b64(const unsigned char *s, size_t len, unsigned char *o, size_t *n)
+{
+    size_t data = 0, pad = 0, w = 0;
+    uint32_t acc = 0;
+    int bits = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = s[i];
+        int k = c >= 'A' && c <= 'Z'   ? c - 'A'
+                : c >= 'a' && c <= 'z' ? c - 'a' + 26
+                : c >= '0' && c <= '9' ? c - '0' + 52
+                : c == '+' || c == '-' ? 62
+                : c == '/' || c == '_' ? 63
+                : c == '='             ? 65
+                : (c >= 9 && c <= 13) || c == ' ' ? 64
+                                                  : -1;
+        if (k < 0 || (k < 64 && pad))
+            return CELERIAC_EPARSE;
+        if (k == 64)
+            continue;
+        if (k == 65) {
+            pad++;
+            continue;
+        }
+        data++;
+        acc = acc << 6 | (uint32_t)k;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            o[w++] = (unsigned char)(acc >> bits);
+            acc &= (1u << bits) - 1;
+        }
+    }
+    if (data % 4 == 1 || pad > 2 || (pad && (data + pad) % 4 != 0))
+        return CELERIAC_EPARSE;
+    *n = w;
+    return 0;
+}
+
+TEST(base64_agrees_with_the_plain_rules)
+{
+    static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/-_";
+    unsigned seed = 12345;
+    unsigned char in[96], want[96];
+    for (int iter = 0; iter < 200000; iter++) {
+        seed = seed * 1103515245u + 12345u;
+        size_t len = (seed >> 16) % 40;
+        int noise = (int)((seed >> 8) % 4); /* 0: clean data, else a few odd bytes */
+        for (size_t i = 0; i < len; i++) {
+            seed = seed * 1103515245u + 12345u;
+            unsigned r = seed >> 16;
+            in[i] = (unsigned char)alphabet[r % 66];
+            if (noise && r % 97 < (unsigned)noise * 3)
+                in[i] = (unsigned char)"= \n=\t!\xc3\r"[r % 8];
+        }
+        size_t wn = 0, n = 0;
+        unsigned char *out = NULL;
+        int wrc = ref_b64(in, len, want, &wn);
+        int rc = codec_base64_decode((const char *)in, len, 1 << 20, &out, &n);
+        CHECK_EQ_INT(rc, wrc);
+        if (rc == 0 && wrc == 0) {
+            CHECK_EQ_INT(n, wn);
+            CHECK(memcmp(out, want, n) == 0 && out[n] == 0);
+        }
+        free(out);
+        if (rc != wrc)
+            break;
+    }
 }
 
 TEST(base64_encode_round_trip)
