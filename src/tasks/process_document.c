@@ -210,6 +210,17 @@ static int utf8_text(const unsigned char *s, size_t len)
     size_t i = 0;
     while (i < len) {
         uint32_t cp;
+        /* ASCII without NUL: eight bytes at a time. */
+        while (i + 8 <= len) {
+            uint64_t x;
+            memcpy(&x, s + i, 8);
+            if ((x & 0x8080808080808080ull) ||
+                ((x - 0x0101010101010101ull) & ~x & 0x8080808080808080ull))
+                break;
+            i += 8;
+        }
+        if (i >= len)
+            break;
         if (s[i] == 0)
             return 0;
         size_t n = utf8_next(s, len, i, &cp);
@@ -256,9 +267,11 @@ static size_t utf8_cut(const char *s, size_t n, size_t max)
 }
 
 /* Unicode White_Space. */
-static int is_uspace(uint32_t cp)
+static inline int is_uspace(uint32_t cp)
 {
-    return cp == ' ' || (cp >= 0x09 && cp <= 0x0D) || cp == 0x85 || cp == 0xA0 ||
+    if (cp < 0x80)
+        return cp == ' ' || cp - 0x09u <= 0x0Du - 0x09u;
+    return cp == 0x85 || cp == 0xA0 ||
            cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 ||
            cp == 0x202F || cp == 0x205F || cp == 0x3000;
 }
