@@ -1,10 +1,11 @@
 """Redis priorities: kombu's priority sub-queues, lower numbers served first."""
+import socket
 import uuid
 from datetime import datetime
 
 import pytest
 
-from helpers import raw_meta
+from helpers import raw_meta, wait_for
 
 
 def test_priority_order(make_worker, shared_redis, celery_app):
@@ -77,3 +78,34 @@ def test_transport_options_layout(make_worker, shared_redis):
         assert all(broker.llen(f"{q}:{p}") == 0 for p in range(1, 10))
     finally:
         close_celery_app(app)
+
+
+@pytest.mark.celeriac_only  # how celeriac pops a batch (the Python worker BRPOPs one at a time)
+def test_batch_fetch_takes_every_message_once(make_worker, shared_redis, app_factory):
+    """A backlog across priority levels is consumed in batches (the fetch script pops
+    across the priority keys, reserving what waits for a process): every task runs
+    exactly once, the levels are served in priority order, and unacked is empty at the
+    end."""
+    app = app_factory(shared_redis)
+    q = f"batch-{uuid.uuid4().hex[:8]}"
+    broker = shared_redis.client(0)
+    levels = {0: 150, 5: 100, 9: 150}
+    sent = [(p, i, app.send_task("examples.echo", args=[p, i], priority=p, queue=q))
+            for p in (9, 5, 0) for i in range(levels[p])]
+    assert broker.llen(q) == levels[0] and broker.llen(f"{q}\x06\x169") == levels[9]
+    w = make_worker(shared_redis, queues=[q], concurrency=2)
+    for p, i, r in sent:
+        assert r.get(timeout=60)["args"] == [p, i]
+    node = f"{w.name}@{socket.gethostname()}"
+    stats = app.control.inspect(destination=[node], timeout=5).stats()
+    assert stats[node]["total"].get("examples.echo") == len(sent), stats[node]["total"]
+    done = {r.id: datetime.fromisoformat(raw_meta(shared_redis, r.id)["date_done"].replace("Z", ""))
+            for _, _, r in sent}
+    assert len(done) == len(sent)
+    last = {p: max(done[r.id] for q_, _, r in sent if q_ == p) for p in levels}
+    first = {p: min(done[r.id] for q_, _, r in sent if q_ == p) for p in levels}
+    # with -c 2 and a prefetch window of 8, at most a window's worth overlaps
+    late0 = sum(1 for q_, _, r in sent if q_ == 0 and done[r.id] > first[9])
+    assert last[0] <= last[5] <= last[9] and late0 <= 8, (late0, first, last)
+    wait_for(lambda: not any(q in (v or b"").decode(errors="replace")
+                             for v in broker.hvals("unacked")), 20, "unacked to empty")
