@@ -740,6 +740,7 @@ ROWS = [
     ("worker CPU ms/task, add+result", ("add", "worker_cpu_ms_per_task"), False, "{:.3f}"),
     ("Redis CPU ms/task, add+result", ("add", "redis_cpu_ms_per_task"), False, "{:.3f}"),
     ("worker CPU ms/doc", ("process_document", "worker_cpu_ms_per_task"), False, "{:.3f}"),
+    ("Redis CPU ms/doc", ("process_document", "redis_cpu_ms_per_task"), False, "{:.3f}"),
     ("RSS after add run (MiB)", ("add", "memory_after", "rss_mib"), False, "{:.1f}"),
     ("PSS after add run (MiB)", ("add", "memory_after", "pss_mib"), False, "{:.1f}"),
     ("RSS after documents (MiB)", ("process_document", "memory_after", "rss_mib"), False, "{:.1f}"),
