@@ -6,6 +6,7 @@ polled against a deadline, never a sleep used as synchronisation.
 import atexit
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -267,3 +268,75 @@ class SilentLinkProxy:
                     x.close()
                 except OSError:
                     pass
+
+
+def tcp_ports(pid):
+    """Local TCP ports of pid's sockets (IPv4 and IPv6), from /proc."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    except OSError:
+        return set()
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    cols = line.split()
+                    if cols[9] in inodes:
+                        ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+        except OSError:
+            continue
+    return ports
+
+
+class MonitorLog:
+    """Redis MONITOR on a raw socket, read by a background thread: .commands is a
+    list of (client port, [arguments]) in the order Redis ran them (port 0 for
+    commands a script ran). Arguments are MONITOR's quoted text, unescaped only
+    for \\" and \\\\ (enough for keys and counts)."""
+
+    LINE = re.compile(r'^\+\S+ \[\d+ ([^\]]*)\] (.*)$')
+    ARG = re.compile(r'"((?:[^"\\]|\\.)*)"')
+
+    def __init__(self, server):
+        import threading
+        self.commands = []
+        self._sock = socket.create_connection((LOCALHOST, server.port), timeout=10)
+        self._sock.sendall(b"MONITOR\r\n")
+        self._file = self._sock.makefile("rb")
+        if self._file.readline().strip() != b"+OK":
+            raise RuntimeError("MONITOR was refused")
+        self._sock.settimeout(None)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        try:
+            for raw in self._file:
+                m = self.LINE.match(raw.decode("utf-8", "replace").rstrip("\r\n"))
+                if not m:
+                    continue
+                client, rest = m.groups()
+                port = int(client.rsplit(":", 1)[1]) if ":" in client else 0
+                args = [a.replace('\\"', '"').replace("\\\\", "\\")
+                        for a in self.ARG.findall(rest)]
+                self.commands.append((port, args))
+        except (OSError, ValueError):  # the socket is closed by stop()
+            pass
+
+    def stop(self):
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._thread.join(timeout=10)
+        self._file.close()
+        self._sock.close()

@@ -1,4 +1,5 @@
 """Results, states and result-backend keys as a Celery 5.2 client sees them."""
+import socket
 import uuid
 
 import pytest
@@ -129,3 +130,62 @@ def test_concurrency_runs_tasks_in_parallel(make_worker, shared_redis, celery_ap
     for r in results:
         r.get(timeout=20)
     assert time.monotonic() - t0 < 2 * n - 1
+
+
+@pytest.mark.celeriac_only  # which celeriac process writes a result
+def test_lone_result_stored_by_its_process_and_floods_batched_by_the_main_one(
+        make_worker, redis_factory, app_factory):
+    """A lone task on a quiet worker stores its own result (one hop less before the
+    waiting client sees it); under a backlog the main process stores the results its pool
+    processes send back, several per script call. Seen in Redis's MONITOR: which
+    connection ran the store script, and with how many keys."""
+    from helpers import MonitorLog, child_pids, tcp_ports
+
+    redis = redis_factory()
+    app = app_factory(redis)
+    w = make_worker(redis, concurrency=2)
+    warm = [app.send_task("examples.add", args=(i, i)) for i in range(4)]
+    assert [r.get(timeout=30) for r in warm] == [0, 2, 4, 6]
+    mon = MonitorLog(redis)
+    try:
+        lone = app.send_task("examples.add", args=(20, 22))
+        assert lone.get(timeout=30) == 42
+        key = f"celery-task-meta-{lone.id}"
+        wait_for(lambda: any(c[1][:1] == ["EVALSHA"] and key in c[1] for c in mon.commands),
+                 10, "the lone task's store in MONITOR")
+        node = f"{w.name}@{socket.gethostname()}"
+        assert app.control.cancel_consumer("celery", destination=[node], reply=True, timeout=10)
+        flood = [app.send_task("examples.add", args=(i, 1)) for i in range(300)]
+        assert app.control.add_consumer("celery", destination=[node], reply=True, timeout=10)
+        assert [r.get(timeout=60) for r in flood] == [i + 1 for i in range(300)]
+        flood_keys = {f"celery-task-meta-{r.id}" for r in flood}
+
+        def store_calls():
+            return [(port, words) for port, words in list(mon.commands)
+                    if words[:1] == ["EVALSHA"]
+                    and any(x.startswith("celery-task-meta-") for x in words)]
+
+        def seen():
+            got = set()
+            for _, words in store_calls():
+                got |= flood_keys.intersection(words)
+            return got
+        # MONITOR output arrives behind the commands: wait until it shows every store
+        wait_for(lambda: seen() == flood_keys, 30, "every flood store in MONITOR")
+        main_ports, kid_ports = tcp_ports(w.pid), set()
+        for kid in child_pids(w.pid):
+            kid_ports |= tcp_ports(kid)
+    finally:
+        mon.stop()
+    # pool processes are forked with the main process's broker links open: the
+    # main process's own ports are the ones no pool process has
+    main_only = main_ports - kid_ports
+    stores = store_calls()
+    lone_store = [port for port, words in stores if key in words]
+    assert lone_store and lone_store[0] in kid_ports - main_ports, (lone_store, kid_ports,
+                                                                     main_ports)
+    by_main = [words for port, words in stores
+               if port in main_only and flood_keys.intersection(words)]
+    assert by_main, ("no flood result stored by the main process",
+                     sorted({port for port, _ in stores}), main_ports, kid_ports)
+    assert max(int(words[2]) for words in by_main) > 1, "never two results in one call"
