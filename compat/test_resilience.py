@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 
+from conftest import WORKER_KIND
 from helpers import SilentLinkProxy, child_pids, pid_alive, raw_meta, wait_for
 
 
@@ -234,17 +235,22 @@ def test_malformed_messages_do_not_kill_worker(make_worker, redis_factory, app_f
     assert w.alive
 
 
+@pytest.mark.parametrize("budget", [None, "0"], ids=["pipelined", "pipeline-budget-0"])
 def test_pool_process_killed_during_a_flood_loses_nothing(make_worker, redis_factory,
-                                                           app_factory):
+                                                           app_factory, budget):
     """Short tasks are queued in a busy pool process behind its current one (pipelining).
     kill -9 of pool processes in the middle of a flood: the task each was running fails
     with WorkerLostError, the ones queued behind it run in the replacement, none is lost.
     The tasks sleep 0.2 ms: short enough to be queued (several fit the 4 ms budget), long
     enough that a process usually holds a queued one when it is killed (the log says so:
-    "... queued in ForkPoolWorker-N and not started go to another process")."""
+    "... queued in ForkPoolWorker-N and not started go to another process"). With
+    --pipeline-budget 0 nothing is queued in a process, so that never happens."""
+    if budget is not None and WORKER_KIND == "python":
+        pytest.skip("--pipeline-budget is celeriac's")
     redis = redis_factory()
     app = app_factory(redis)
-    w = make_worker(redis, concurrency=2)
+    w = make_worker(redis, concurrency=2,
+                    extra=["--pipeline-budget", budget] if budget is not None else [])
     warm = [app.send_task("examples.sleep", args=(0.0002,)) for i in range(20)]
     assert [r.get(timeout=30) for r in warm] == [0.0002] * 20
     # A backlog, so that jobs queue in the processes: consuming pauses while it is sent.
@@ -272,6 +278,8 @@ def test_pool_process_killed_during_a_flood_loses_nothing(make_worker, redis_fac
     assert len(lost) <= killed
     wait_for(lambda: redis.client(0).hlen("unacked") == 0, 20, "unacked to empty")
     assert w.alive
+    if budget == "0":
+        assert "not started go to another process" not in w.logfile.read_text(errors="replace")
 
 
 @pytest.mark.celeriac_only  # the harness's Python worker takes its backend from its app module
