@@ -366,3 +366,32 @@ def test_broker_link_gone_silent_is_replaced(make_worker, redis_factory, app_fac
         assert "no reply in 11 s" in log, log[-3000:]
     finally:
         proxy.close()
+
+
+@pytest.mark.celeriac_only  # celeriac's pool processes and their sockets
+def test_pool_processes_hold_none_of_the_main_process_links(make_worker, redis_factory,
+                                                            app_factory):
+    """A pool process opens its own Redis links; it must not keep the main process's
+    (forked with it) open: when the main process drops a link, say one that went silent,
+    Redis has to see it closed, or a BRPOP left waiting on it takes a message nobody
+    reads. Checked on the first processes and on a replacement after kill -9."""
+    from helpers import tcp_ports
+
+    redis = redis_factory()
+    app = app_factory(redis)
+    w = make_worker(redis, concurrency=2)
+    assert [app.send_task("examples.add", args=(i, i)).get(timeout=30) for i in range(4)] \
+        == [0, 2, 4, 6]
+
+    def shared():
+        main = tcp_ports(w.pid)
+        assert main, "the main process has no TCP links?"
+        return {kid: tcp_ports(kid) & main for kid in child_pids(w.pid)}
+
+    assert all(not ports for ports in shared().values()), shared()
+    kids = child_pids(w.pid)
+    os.kill(kids[0], signal.SIGKILL)
+    wait_for(lambda: len(child_pids(w.pid)) == 2 and kids[0] not in child_pids(w.pid), 20,
+             "a replacement pool process")
+    assert app.send_task("examples.add", args=(5, 5)).get(timeout=30) == 10
+    assert all(not ports for ports in shared().values()), shared()

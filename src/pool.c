@@ -2,8 +2,10 @@
  * not know what a task is. */
 #include "pool.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -11,6 +13,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -41,6 +44,37 @@ static int write_all(int fd, const void *p, size_t n)
         n -= (size_t)w;
     }
     return 0;
+}
+
+/* In a new child: closes every socket it inherited but keep. The parent's
+ * Redis links are not the child's, and a link the parent closes must really
+ * close: one left open here would keep, say, a BRPOP waiting on Redis's side,
+ * to take a message that nobody reads. */
+static void close_inherited_sockets(int keep)
+{
+    for (;;) {
+        int fds[64];
+        size_t n = 0;
+        DIR *d = opendir("/proc/self/fd");
+        if (!d)
+            return;
+        struct dirent *e;
+        while ((e = readdir(d)) != NULL && n < sizeof fds / sizeof fds[0]) {
+            char *end;
+            long fd = strtol(e->d_name, &end, 10);
+            struct stat st;
+            if (*end != '\0' || end == e->d_name || fd <= 2 || fd > INT_MAX || fd == keep ||
+                fd == dirfd(d))
+                continue;
+            if (fstat((int)fd, &st) == 0 && S_ISSOCK(st.st_mode))
+                fds[n++] = (int)fd;
+        }
+        closedir(d);
+        for (size_t i = 0; i < n; i++)
+            close(fds[i]);
+        if (n < sizeof fds / sizeof fds[0])
+            return;
+    }
 }
 
 static int spawn(struct pool *p, struct pool_child *c)
@@ -82,6 +116,7 @@ static int spawn(struct pool *p, struct pool_child *c)
             if (p->children[i].fd >= 0)
                 close(p->children[i].fd);
         close(sv[0]);
+        close_inherited_sockets(sv[1]);
         char name[32];
         snprintf(name, sizeof name, "ForkPoolWorker-%d", index);
         log_set_process(name);
