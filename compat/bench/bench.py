@@ -72,6 +72,7 @@ Exit status: 0 when every configuration ran and every result was present and
 correct; 1 otherwise. Timing is never asserted.
 """
 import argparse
+import gc
 import base64
 import collections
 import datetime
@@ -686,6 +687,11 @@ class Bench:
                 out["latency_ms"]["send_to_date_done_p50"] = percentile(stored, 50)
                 out["latency_ms"]["send_to_date_done_p99"] = percentile(stored, 99)
             out["memory_after_latency"] = tree_memory(proc.pid)
+            # AsyncResult keeps a reference cycle with its promise: collect them while
+            # Redis runs, so that their __del__ does not unsubscribe from a dead server
+            # at exit
+            r = None
+            gc.collect()
         finally:
             out["shutdown_idle_s"] = self.stop_worker(proc)
         log(f"{name}: start-up {out['startup_s']:.3f}s, latency p50 "
