@@ -84,6 +84,12 @@ if command -v valgrind >/dev/null; then
     step "valgrind: end-to-end demo" valgrind_demo
 fi
 
+# The benchmark keeps working: its smoke run (tiny sizes, every worker, every
+# result checked; no timing is asserted).
+step "bench: smoke run" /usr/bin/python3 "$repo/compat/bench/bench.py" --smoke \
+    --celeriac "${CELERIAC_BUILD_DIR:-$repo/build}/celeriac" \
+    --json "${CELERIAC_BUILD_DIR:-$repo/build}/bench-smoke.json"
+
 if [ "$sanitize" = 1 ]; then
     # detect_leaks: the main process is leak-checked at exit. Pool children leave
     # with _exit(), which skips the leak check, so fork+exit children are fine.
