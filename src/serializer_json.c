@@ -430,7 +430,7 @@ static int json_decode(const void *buf, size_t len, const struct decode_limits *
  * string that the parser would check byte by byte (twice: in the main
  * process and in the pool process). A top-level string member that is plain
  * (printable ASCII, no escapes; base64 always is) is found by a structural
- * scan instead, checked eight bytes at a time and copied; the parser sees
+ * scan instead, checked sixteen bytes at a time and copied; the parser sees
  * the rest with "" in its place. Anything unusual (no object, escapes in a
  * top-level key, the key twice, a short or non-plain value) takes the plain
  * decode, and so does any error, so results and messages are the same. */
@@ -458,9 +458,8 @@ static size_t scan_string(const char *s, size_t i, size_t n, int *plain)
                   space = _mm_set1_epi8(0x20);
     while (i + 16 <= n) {
         __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(s + i));
-        /* signed: below 0x20 also catches 0x80..0xff */
-        __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, bslash)),
-                                   _mm_cmpgt_epi8(space, x));
+        __m128i hit = _mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, bslash));
+        hit = _mm_or_si128(hit, _mm_cmpgt_epi8(space, x)); /* signed: 0x80..0xff too */
         if (_mm_movemask_epi8(hit))
             break;
         i += 16;
