@@ -20,6 +20,15 @@ Per worker configuration (each phase starts a fresh worker process):
            AsyncResult.get() on the idle worker (warm-up samples discarded). The
            JSON also has send -> date_done (the worker's own timestamp), which
            leaves out the producer's result-fetching overhead.
+  floor    once per bench, before the workers: the same latency loop against
+           bench-responder (compat/bench/responder.c, built next to celeriac):
+           BRPOP -> SET + PUBLISH of the result in one round trip, no work, no
+           ack bookkeeping, no events. What the producer measures against it is
+           its own cost (send_task, result subscription, get()) plus Redis round
+           trips: a floor no worker can go below. The report prints each
+           worker's p50 above it. Every latency loop also records how long
+           send_task() alone takes (the producer's part before any consumer can
+           see the message).
   phase 2  examples.add with results: N messages are queued while no worker
            runs (a backend-less producer, so no SUBSCRIBE per task), INFO
            commandstats is snapshotted, the worker is started, the bench waits
@@ -652,6 +661,73 @@ class Bench:
                         "host_steal_pct": r["host_steal_pct"]} for r in runs]
         return med
 
+    def latency_loop(self, name):
+        """Sequential send_task("examples.add") + AsyncResult.get() against whatever
+        consumes the queue; warm-up samples discarded. Also the time send_task
+        alone takes (the producer's own cost before anything can consume the
+        message) and send -> date_done (the consumer's timestamp)."""
+        a = self.args
+        lat, sends, stored = [], [], []
+        for i in range(a.latency_samples + a.latency_warmup):
+            wall0 = time.time()
+            t0 = time.perf_counter()
+            r = self.app.send_task("examples.add", args=(i, 1))
+            t1 = time.perf_counter()
+            v = r.get(timeout=30)
+            dt = time.perf_counter() - t0
+            if v != i + 1:
+                raise Functional(f"{name}: examples.add({i}, 1) returned {v!r}")
+            if i >= a.latency_warmup:
+                lat.append(dt * 1000.0)
+                sends.append((t1 - t0) * 1000.0)
+                # send -> date_done the worker wrote: the part of the round trip
+                # before the producer's result machinery sees the result
+                done = parse_date_done(json.loads(self.r1.get(f"celery-task-meta-{r.id}")))
+                if done is not None:
+                    stored.append((done - wall0) * 1000.0)
+        out = {"samples": len(lat), "warmup_discarded": a.latency_warmup,
+               "p50": percentile(lat, 50), "p90": percentile(lat, 90),
+               "p99": percentile(lat, 99), "min": min(lat), "max": max(lat),
+               "mean": statistics.fmean(lat),
+               "send_task_p50": percentile(sends, 50),
+               "samples_ms": [round(x, 3) for x in lat]}
+        if stored:
+            out["send_to_date_done_p50"] = percentile(stored, 50)
+            out["send_to_date_done_p99"] = percentile(stored, 99)
+        # AsyncResult keeps a reference cycle with its promise: collect them while
+        # Redis runs, so that their __del__ does not unsubscribe from a dead server
+        # at exit
+        r = None
+        gc.collect()
+        return out
+
+    def run_floor(self):
+        """The latency loop against bench-responder (BRPOP -> SET + PUBLISH, no
+        work, no bookkeeping): what the Python producer measures when the
+        consumer costs next to nothing. No worker can go below it."""
+        self.r0.flushall()
+        logpath = self.workdir / "bench-responder.log"
+        with open(logpath, "wb") as logf:
+            proc = subprocess.Popen([self.args.responder, LOCALHOST, str(self.redis.port)],
+                                    stdin=subprocess.DEVNULL, stdout=logf,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        LIVE.append(proc)
+        try:
+            # ready once it waits in BRPOP (nothing else is connected to block)
+            wait_for(lambda: proc.poll() is not None or
+                     self.r0.info("clients")["blocked_clients"] >= 1, 10,
+                     "bench-responder's BRPOP", 0.01)
+            if proc.poll() is not None:
+                raise Functional(f"bench-responder exited with {proc.returncode}:\n"
+                                 f"{tail(logpath)}")
+            out = {"command": f"{self.args.responder} {LOCALHOST} {self.redis.port}",
+                   "latency_ms": self.latency_loop("bench-responder")}
+        finally:
+            stop_process(proc, 10)
+        log(f"latency floor (bench-responder): p50 {out['latency_ms']['p50']:.2f} ms, "
+            f"send_task alone {out['latency_ms']['send_task_p50']:.2f} ms")
+        return out
+
     # -- phases
     def run_config(self, name, docs):
         a = self.args
@@ -662,36 +738,8 @@ class Bench:
         try:
             out["startup_s"] = self.wait_ping(proc)
             out["memory_idle"] = tree_memory(proc.pid)
-            lat, stored = [], []
-            for i in range(a.latency_samples + a.latency_warmup):
-                wall0 = time.time()
-                t0 = time.perf_counter()
-                r = self.app.send_task("examples.add", args=(i, 1))
-                v = r.get(timeout=30)
-                dt = time.perf_counter() - t0
-                if v != i + 1:
-                    raise Functional(f"{name}: examples.add({i}, 1) returned {v!r}")
-                if i >= a.latency_warmup:
-                    lat.append(dt * 1000.0)
-                    # send -> date_done the worker wrote: the part of the round trip
-                    # before the producer's result machinery sees the result
-                    done = parse_date_done(json.loads(self.r1.get(f"celery-task-meta-{r.id}")))
-                    if done is not None:
-                        stored.append((done - wall0) * 1000.0)
-            out["latency_ms"] = {"samples": len(lat), "warmup_discarded": a.latency_warmup,
-                                 "p50": percentile(lat, 50), "p90": percentile(lat, 90),
-                                 "p99": percentile(lat, 99), "min": min(lat), "max": max(lat),
-                                 "mean": statistics.fmean(lat),
-                                 "samples_ms": [round(x, 3) for x in lat]}
-            if stored:
-                out["latency_ms"]["send_to_date_done_p50"] = percentile(stored, 50)
-                out["latency_ms"]["send_to_date_done_p99"] = percentile(stored, 99)
+            out["latency_ms"] = self.latency_loop(name)
             out["memory_after_latency"] = tree_memory(proc.pid)
-            # AsyncResult keeps a reference cycle with its promise: collect them while
-            # Redis runs, so that their __del__ does not unsubscribe from a dead server
-            # at exit
-            r = None
-            gc.collect()
         finally:
             out["shutdown_idle_s"] = self.stop_worker(proc)
         log(f"{name}: start-up {out['startup_s']:.3f}s, latency p50 "
@@ -734,6 +782,8 @@ ROWS = [
     ("idle PSS, all processes (MiB)", ("memory_idle", "pss_mib"), False, "{:.1f}"),
     ("latency p50 (ms)", ("latency_ms", "p50"), False, "{:.2f}"),
     ("latency p99 (ms)", ("latency_ms", "p99"), False, "{:.2f}"),
+    # the producer's own part: no worker can shorten it
+    ("  send_task() returns p50 (ms)", ("latency_ms", "send_task_p50"), None, "{:.2f}"),
     ("  send -> date_done p50 (ms)", ("latency_ms", "send_to_date_done_p50"), False, "{:.2f}"),
     # the worker's share of the tail: p99 above it is the client's (publish, get())
     ("  send -> date_done p99 (ms)", ("latency_ms", "send_to_date_done_p99"), False, "{:.2f}"),
@@ -791,6 +841,20 @@ def render(results):
     line = lambda r: "  ".join(  # noqa: E731
         (r[i].ljust(widths[i]) if i == 0 else r[i].rjust(widths[i])) for i in range(len(r)))
     out = [line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows]
+    floor = dig(results, ("latency_floor", "latency_ms"))
+    if floor:
+        out.append("")
+        out.append(f"Latency floor (bench-responder: BRPOP -> SET + PUBLISH, no work): p50 "
+                   f"{floor['p50']:.2f} ms, p99 {floor['p99']:.2f} ms; send_task() alone p50 "
+                   f"{floor['send_task_p50']:.2f} ms")
+        above = {c: dig(results["workers"][c], ("latency_ms", "p50")) for c in cols}
+        above = {c: v - floor["p50"] for c, v in above.items() if v is not None}
+        if above:
+            line = "  p50 above the floor (the worker's share): " + ", ".join(
+                f"{c} {v:.2f} ms" for c, v in above.items())
+            if above.get("python-prefork", 0) > 0 and "celeriac" in above:
+                line += f"; celeriac/prefork {above['celeriac'] / above['python-prefork']:.3f}"
+            out.append(line)
     rb = results.get("redis_benchmark")
     cel = results["workers"].get("celeriac", {})
     cpt = dig(cel, ("add", "redis_commands_per_task"))
@@ -880,6 +944,9 @@ def main():
     ap.add_argument("--celeriac", default=find_celeriac(),
                     help="celeriac binary (default $CELERIAC_BIN, build/, /tmp/build-bench/)")
     ap.add_argument("--plugin", default=None, help="examples.so (default: next to --celeriac)")
+    ap.add_argument("--responder", default=None,
+                    help="bench-responder binary for the latency floor (default: next to "
+                         "--celeriac; the floor is skipped when there is none)")
     ap.add_argument("--keep-logs", action="store_true")
     a = ap.parse_args()
     if a.smoke:
@@ -898,6 +965,9 @@ def main():
         a.plugin = a.plugin or str(Path(a.celeriac).parent / "examples.so")
         if not Path(a.plugin).is_file():
             ap.error(f"plugin {a.plugin} not found")
+    if a.responder is None and a.celeriac:
+        cand = Path(a.celeriac).parent / "bench-responder"
+        a.responder = str(cand) if cand.is_file() else None
     if a.tasks < 2 or a.documents < 2 or a.latency_samples < 1 or a.repeat < 1:
         ap.error("need --tasks >= 2, --documents >= 2, --latency-samples >= 1, --repeat >= 1")
 
@@ -931,6 +1001,15 @@ def main():
         bench.r0.flushall()
         bench.r0.config_resetstat()
         docs = make_documents(a.documents, a.document_bytes)
+        if a.responder:
+            try:
+                results["latency_floor"] = bench.run_floor()
+            except Exception as exc:
+                ok = False
+                results["errors"]["bench-responder"] = f"{type(exc).__name__}: {exc}"
+                log(f"bench-responder FAILED: {type(exc).__name__}: {exc}")
+        else:
+            log("no bench-responder binary: latency floor skipped")
         for w in workers:
             log(f"=== {w}")
             try:
