@@ -97,7 +97,7 @@ static long find_key(const celeriac_value *v, const char *key)
     if (!v || !key || v->type != CELERIAC_OBJECT)
         return -1;
     for (size_t i = 0; i < v->u.o.len; i++)
-        if (strcmp(v->u.o.keys[i], key) == 0)
+        if (v->u.o.keys[i][0] == key[0] && strcmp(v->u.o.keys[i], key) == 0)
             return (long)i;
     return -1;
 }
@@ -178,20 +178,20 @@ celeriac_value *celeriac_value_new_double(double d)
     return v;
 }
 
+/* A string's bytes live in the same allocation as its node, right after it
+ * (one malloc per string instead of two): u.s.p is never reassigned. */
 static celeriac_value *new_blob(celeriac_type t, const void *p, size_t len)
 {
     if (!p && len)
         return NULL;
-    if (len == SIZE_MAX)
+    if (len > SIZE_MAX - sizeof(celeriac_value) - 1)
         return NULL;
-    celeriac_value *v = new_value(t);
+    celeriac_value *v = malloc(sizeof *v + len + 1);
     if (!v)
         return NULL;
-    v->u.s.p = malloc(len + 1);
-    if (!v->u.s.p) {
-        free(v);
-        return NULL;
-    }
+    memset(v, 0, sizeof *v);
+    v->type = t;
+    v->u.s.p = (char *)(v + 1);
     if (len)
         memcpy(v->u.s.p, p, len);
     v->u.s.p[len] = '\0';
@@ -231,8 +231,7 @@ void celeriac_value_free(celeriac_value *v)
     switch (v->type) {
     case CELERIAC_STRING:
     case CELERIAC_BYTES:
-        free(v->u.s.p);
-        break;
+        break; /* the bytes are part of the node */
     case CELERIAC_ARRAY:
         for (size_t i = 0; i < v->u.a.len; i++)
             celeriac_value_free(v->u.a.items[i]);

@@ -12,7 +12,7 @@ struct celeriac_value {
         int64_t i;
         double d;
         struct {
-            char *p;    /* owned, NUL-terminated (len excludes the NUL) */
+            char *p;    /* NUL-terminated (len excludes the NUL); part of the node's allocation, never reassigned */
             size_t len;
         } s;            /* STRING and BYTES */
         struct {
