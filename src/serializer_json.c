@@ -100,7 +100,7 @@ static int add_value(struct conv *c, celeriac_value *v)
             if (f->v->u.o.keys[i][0] == key[0] && strcmp(f->v->u.o.keys[i], key) == 0) {
                 celeriac_value_free(f->v->u.o.vals[i]);
                 f->v->u.o.vals[i] = v;
-                free(key);
+                value_key_free(key);
                 return 1;
             }
     if (value_object_push(f->v, key, v) < 0)
@@ -181,11 +181,9 @@ static int on_key(void *ud, const unsigned char *s, size_t len)
     if (memchr(s, 0, len))
         return conv_fail(c, CELERIAC_EPARSE, "malformed JSON: NUL character in an object key");
     struct frame *f = &c->stack[c->depth - 1];
-    free(f->key);
-    if (!(f->key = malloc(len + 1)))
+    value_key_free(f->key);
+    if (!(f->key = value_key_dup((const char *)s, len)))
         return conv_fail(c, CELERIAC_ENOMEM, "out of memory decoding JSON");
-    memcpy(f->key, s, len);
-    f->key[len] = 0;
     return 1;
 }
 
@@ -283,7 +281,7 @@ static int on_end_map(void *ud)
     struct conv *c = ud;
     struct frame *f = &c->stack[--c->depth];
     celeriac_value *v = f->v;
-    free(f->key);
+    value_key_free(f->key);
     f->key = NULL;
     if (!dedupe(c, v)) {
         celeriac_value_free(v);
@@ -375,6 +373,60 @@ static int unwrap_typed(struct conv *c, celeriac_value *o, celeriac_value **out)
     return 0;
 }
 
+/* yajl's own memory (its handle, lexer, buffers and state stack: a dozen
+ * allocations per document, freed again at its end) comes from one scratch
+ * block per thread, reused by every parse instead of going through malloc.
+ * A request that does not fit goes to malloc; a parse that starts while
+ * another one on the same thread is running (none does today) uses malloc
+ * throughout. Each piece has its size in front of it, for realloc. */
+enum { SCRATCH_BYTES = 16384, SCRATCH_ALIGN = 16 };
+static _Thread_local struct {
+    size_t used;
+    int busy;
+    _Alignas(SCRATCH_ALIGN) unsigned char mem[SCRATCH_BYTES];
+} scratch;
+
+static int in_scratch(const void *p)
+{
+    uintptr_t a = (uintptr_t)p, lo = (uintptr_t)scratch.mem;
+    return a >= lo && a < lo + SCRATCH_BYTES;
+}
+
+static void *scratch_malloc(void *ctx, size_t n)
+{
+    (void)ctx;
+    size_t need = (n + SCRATCH_ALIGN - 1) / SCRATCH_ALIGN * SCRATCH_ALIGN + SCRATCH_ALIGN;
+    if (n > SCRATCH_BYTES || need > SCRATCH_BYTES - scratch.used)
+        return malloc(n);
+    unsigned char *p = scratch.mem + scratch.used + SCRATCH_ALIGN;
+    memcpy(p - sizeof(size_t), &n, sizeof n);
+    scratch.used += need;
+    return p;
+}
+
+static void scratch_free(void *ctx, void *p)
+{
+    (void)ctx;
+    if (!in_scratch(p))
+        free(p); /* scratch pieces go when the parse ends */
+}
+
+static void *scratch_realloc(void *ctx, void *p, size_t n)
+{
+    if (!p)
+        return scratch_malloc(ctx, n);
+    if (!in_scratch(p))
+        return realloc(p, n);
+    size_t old;
+    memcpy(&old, (unsigned char *)p - sizeof(size_t), sizeof old);
+    if (n <= old)
+        return p;
+    void *q = scratch_malloc(ctx, n);
+    if (q)
+        memcpy(q, p, old);
+    return q;
+}
+
 static int json_decode(const void *buf, size_t len, const struct decode_limits *lim,
                        celeriac_value **out, char *err, size_t errlen)
 {
@@ -391,9 +443,17 @@ static int json_decode(const void *buf, size_t len, const struct decode_limits *
         return CELERIAC_ETOOBIG;
     }
     struct conv c = {.lim = lim, .err = err, .errlen = errlen};
-    yajl_handle h = yajl_alloc(&conv_callbacks, NULL, &c);
-    if (!h)
+    yajl_alloc_funcs scratch_funcs = {scratch_malloc, scratch_realloc, scratch_free, NULL};
+    int own_scratch = !scratch.busy;
+    if (own_scratch) {
+        scratch.busy = 1;
+        scratch.used = 0;
+    }
+    yajl_handle h = yajl_alloc(&conv_callbacks, own_scratch ? &scratch_funcs : NULL, &c);
+    if (!h) {
+        scratch.busy = own_scratch ? 0 : scratch.busy;
         return CELERIAC_ENOMEM;
+    }
     /* Strict JSON: one document, UTF-8 checked, no comments. */
     yajl_status st = yajl_parse(h, buf ? buf : (const unsigned char *)"", len);
     if (st == yajl_status_ok)
@@ -410,10 +470,12 @@ static int json_decode(const void *buf, size_t len, const struct decode_limits *
         set_err(err, errlen, "malformed JSON: empty document");
     }
     yajl_free(h);
+    if (own_scratch)
+        scratch.busy = 0;
     /* Whatever was open when parsing stopped. */
     while (c.depth > 0) {
         struct frame *f = &c.stack[--c.depth];
-        free(f->key);
+        value_key_free(f->key);
         celeriac_value_free(f->v);
     }
     free(c.stack);

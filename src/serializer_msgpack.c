@@ -230,22 +230,20 @@ static int read_map(struct reader *r, uint64_t n, unsigned depth, celeriac_value
             goto out;
         }
         r->off += (size_t)klen;
-        char *key = malloc((size_t)klen + 1);
+        char *key = value_key_dup((const char *)k, (size_t)klen);
         if (!key) {
             rc = CELERIAC_ENOMEM;
             goto out;
         }
-        memcpy(key, k, (size_t)klen);
-        key[klen] = '\0';
         celeriac_value *val;
         if ((rc = read_value(r, depth + 1, &val)) < 0) {
-            free(key);
+            value_key_free(key);
             goto out;
         }
         size_t slot = 0;
         long dup = map_find(o, table, tsize, key, &slot);
         if (dup >= 0) { /* Python dict semantics: the last value wins */
-            free(key);
+            value_key_free(key);
             celeriac_value_free(o->u.o.vals[dup]);
             o->u.o.vals[dup] = val;
             continue;

@@ -2,6 +2,7 @@
 #include "value.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -92,6 +93,79 @@ const char *celeriac_value_key_at(const celeriac_value *v, size_t i)
     return v->u.o.keys[i];
 }
 
+/* ---- object keys ---------------------------------------------------------- */
+
+/* The keys of Celery's envelopes, headers, properties and result documents
+ * (kombu/Celery 5.x field names), one after the other, sorted by length:
+ * a key with one of these names points into this table instead of owning a
+ * malloc'ed copy (a task message has ~35 of them, per decode, per process). */
+static const char key_table[] =
+    "id\0eta\0args\0body\0lang\0name\0task\0chain\0chord\0group\0kwargs\0origin\0result\0"
+    "shadow\0stamps\0status\0expires\0headers\0retries\0root_id\0task_id\0argsrepr\0"
+    "children\0errbacks\0exchange\0hostname\0priority\0reply_to\0callbacks\0date_done\0"
+    "parent_id\0timelimit\0traceback\0kwargsrepr\0properties\0compression\0group_index\0"
+    "redelivered\0routing_key\0content-type\0delivery_tag\0body_encoding\0delivery_info\0"
+    "delivery_mode\0ignore_result\0correlation_id\0stamped_headers\0content-encoding\0"
+    "replaced_task_nesting\0";
+#define KEY_MAX_LEN 21
+
+/* key_first[n]: offset in key_table of the first key of n bytes; the keys
+ * of n bytes end where those of n + 1 begin. */
+static const unsigned short key_first[KEY_MAX_LEN + 2] = {
+    0, 0, 0, 3, 7, 32, 50, 92, 132, 195, 245, 267, 315, 341, 397, 412, 428, 445, 445, 445, 445, 445, 467};
+
+static int key_is_shared(const char *k)
+{
+    uintptr_t a = (uintptr_t)k, lo = (uintptr_t)key_table;
+    return a >= lo && a < lo + sizeof key_table;
+}
+
+char *value_key_dup(const char *s, size_t len)
+{
+    if (!s || len == SIZE_MAX)
+        return NULL;
+    if (len >= 2 && len <= KEY_MAX_LEN) {
+        for (size_t off = key_first[len]; off < key_first[len + 1]; off += len + 1)
+            if (key_table[off] == s[0] && memcmp(key_table + off, s, len) == 0)
+                return (char *)(key_table + off); /* never written: see value.h */
+    }
+    char *k = malloc(len + 1);
+    if (k) {
+        memcpy(k, s, len);
+        k[len] = '\0';
+    }
+    return k;
+}
+
+void value_key_free(char *key)
+{
+    if (!key_is_shared(key))
+        free(key);
+}
+
+int value_key_table_check(void)
+{
+    size_t off = 0, prev = 0;
+    while (off < sizeof key_table - 1) {
+        size_t n = strlen(key_table + off);
+        if (n < prev || n < 2 || n > KEY_MAX_LEN)
+            return -1; /* not sorted by length, or out of range */
+        if (n != prev && key_first[n] != off)
+            return -1;
+        for (size_t l = prev + 1; l < n; l++)
+            if (key_first[l] != off)
+                return -1; /* a length without keys must have an empty range */
+        if (value_key_dup(key_table + off, n) != key_table + off)
+            return -1;
+        prev = n;
+        off += n + 1;
+    }
+    for (size_t l = prev + 1; l <= KEY_MAX_LEN + 1; l++)
+        if (key_first[l] != off)
+            return -1;
+    return 0;
+}
+
 static long find_key(const celeriac_value *v, const char *key)
 {
     if (!v || !key || v->type != CELERIAC_OBJECT)
@@ -120,7 +194,7 @@ celeriac_value *value_take(celeriac_value *obj, const char *key)
     if (i < 0)
         return NULL;
     celeriac_value *v = obj->u.o.vals[i];
-    free(obj->u.o.keys[i]);
+    value_key_free(obj->u.o.keys[i]);
     size_t rest = obj->u.o.len - (size_t)i - 1;
     memmove(obj->u.o.keys + i, obj->u.o.keys + i + 1, rest * sizeof(char *));
     memmove(obj->u.o.vals + i, obj->u.o.vals + i + 1, rest * sizeof(celeriac_value *));
@@ -239,7 +313,7 @@ void celeriac_value_free(celeriac_value *v)
         break;
     case CELERIAC_OBJECT:
         for (size_t i = 0; i < v->u.o.len; i++) {
-            free(v->u.o.keys[i]);
+            value_key_free(v->u.o.keys[i]);
             celeriac_value_free(v->u.o.vals[i]);
         }
         free(v->u.o.keys);
@@ -275,14 +349,14 @@ int celeriac_value_append(celeriac_value *arr, celeriac_value *item)
 int value_object_push(celeriac_value *obj, char *key, celeriac_value *item)
 {
     if (!obj || !key || !item || obj->type != CELERIAC_OBJECT) {
-        free(key);
+        value_key_free(key);
         celeriac_value_free(item);
         return CELERIAC_EINVAL;
     }
     if (obj->u.o.len == obj->u.o.cap) {
         size_t cap = obj->u.o.cap ? obj->u.o.cap * 2 : 4;
         if (cap > SIZE_MAX / sizeof(char *)) {
-            free(key);
+            value_key_free(key);
             celeriac_value_free(item);
             return CELERIAC_ENOMEM;
         }
@@ -291,7 +365,7 @@ int value_object_push(celeriac_value *obj, char *key, celeriac_value *item)
             obj->u.o.keys = nk;
         celeriac_value **nv = nk ? realloc(obj->u.o.vals, cap * sizeof *nv) : NULL;
         if (!nv) {
-            free(key);
+            value_key_free(key);
             celeriac_value_free(item);
             return CELERIAC_ENOMEM;
         }
@@ -316,7 +390,7 @@ int celeriac_value_set(celeriac_value *obj, const char *key, celeriac_value *ite
         obj->u.o.vals[i] = item;
         return 0;
     }
-    char *k = strdup(key);
+    char *k = value_key_dup(key, strlen(key));
     if (!k) {
         celeriac_value_free(item);
         return CELERIAC_ENOMEM;
@@ -354,10 +428,10 @@ celeriac_value *celeriac_value_copy(const celeriac_value *v)
     case CELERIAC_OBJECT:
         c = celeriac_value_new_object();
         for (size_t i = 0; c && i < v->u.o.len; i++) {
-            char *k = strdup(v->u.o.keys[i]);
+            char *k = value_key_dup(v->u.o.keys[i], strlen(v->u.o.keys[i]));
             celeriac_value *e = celeriac_value_copy(v->u.o.vals[i]);
             if (!k || !e) {
-                free(k);
+                value_key_free(k);
                 celeriac_value_free(e);
                 celeriac_value_free(c);
                 return NULL;

@@ -20,7 +20,7 @@ struct celeriac_value {
             size_t len, cap;
         } a;
         struct {
-            char **keys;            /* owned, NUL-terminated */
+            char **keys;            /* owned (value_key_dup), NUL-terminated, never written */
             celeriac_value **vals;  /* owned */
             size_t len, cap;
         } o;
@@ -44,8 +44,17 @@ size_t value_double_repr(double d, char buf[32]);
 celeriac_value *value_take_at(celeriac_value *arr, size_t i);
 /* Appends a member to an OBJECT without looking for an existing key (the
  * caller knows keys are unique, e.g. a decoder). Takes ownership of key
- * (malloc'ed, NUL-terminated) and item, also on failure. */
+ * (from value_key_dup) and item, also on failure. */
 int value_object_push(celeriac_value *obj, char *key, celeriac_value *item);
+/* An object key: a NUL-terminated copy of len bytes at s, or NULL when out
+ * of memory. The names Celery's messages and results use (headers, id,
+ * task, delivery_info, ...) are not copied: the result points into a
+ * read-only table, so a key is never written to, and only ever released
+ * with value_key_free() (which frees copies and leaves table keys). */
+char *value_key_dup(const char *s, size_t len);
+void value_key_free(char *key);
+/* 0 when the key table's index agrees with the table (unit-tested). */
+int value_key_table_check(void);
 /* Decodes one UTF-8 sequence at p (n bytes available): returns its length
  * and stores the code point in *cp, or returns 0 when it is not valid UTF-8
  * (overlong forms and surrogates are invalid). */

@@ -342,3 +342,45 @@ TEST(json_ints_at_the_edges)
     free(j);
     celeriac_value_free(a);
 }
+
+/* Object keys with Celery's common names point into a shared table; any
+ * other key is a copy. Both kinds live in objects side by side, survive
+ * copy, take and replacement, and decoders produce both (ASan checks that
+ * a table key is never freed and a copy is freed exactly once). */
+TEST(shared_and_copied_keys)
+{
+    CHECK(value_key_table_check() == 0);
+    char *a = value_key_dup("delivery_info", 13), *b = value_key_dup("delivery_info", 13);
+    CHECK(a && a == b); /* from the table */
+    CHECK_STR(a, "delivery_info");
+    char *c = value_key_dup("delivery_infos", 14), *d = value_key_dup("delivery_infox", 13);
+    CHECK(c && d && c != a && d == a); /* a copy; only the first 13 bytes count */
+    CHECK_STR(c, "delivery_infos");
+    char *e = value_key_dup("x", 1), *f = value_key_dup("", 0);
+    CHECK(e && f && strcmp(e, "x") == 0 && f[0] == '\0');
+    value_key_free(a);
+    value_key_free(b);
+    value_key_free(c);
+    value_key_free(d);
+    value_key_free(e);
+    value_key_free(f);
+
+    const char *text = "{\"id\": 1, \"custom\": {\"task\": [2], \"idx\": 3}, \"headers\": {}, "
+                       "\"id\": 4, \"x-celeriac-redeliveries\": 5}";
+    celeriac_value *o = celeriac_value_from_json(text, strlen(text));
+    CHECK(o != NULL);
+    CHECK(celeriac_value_int(celeriac_value_get(o, "id")) == 4);
+    celeriac_value *copy = celeriac_value_copy(o);
+    celeriac_value *custom = value_take(copy, "custom");
+    CHECK(celeriac_value_int(celeriac_value_get(custom, "idx")) == 3);
+    CHECK(celeriac_value_set(custom, "task", celeriac_value_new_int(6)) == 0);
+    CHECK(celeriac_value_set(custom, "mine", celeriac_value_new_int(7)) == 0);
+    CHECK(celeriac_value_int(celeriac_value_get(custom, "task")) == 6);
+    CHECK(celeriac_value_int(celeriac_value_get(copy, "x-celeriac-redeliveries")) == 5);
+    char *j = celeriac_value_to_json(custom);
+    CHECK_STR(j, "{\"task\": 6, \"idx\": 3, \"mine\": 7}");
+    free(j);
+    celeriac_value_free(custom);
+    celeriac_value_free(copy);
+    celeriac_value_free(o);
+}
