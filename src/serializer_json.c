@@ -451,7 +451,8 @@ static int json_decode(const void *buf, size_t len, const struct decode_limits *
     }
     yajl_handle h = yajl_alloc(&conv_callbacks, own_scratch ? &scratch_funcs : NULL, &c);
     if (!h) {
-        scratch.busy = own_scratch ? 0 : scratch.busy;
+        if (own_scratch)
+            scratch.busy = 0;
         return CELERIAC_ENOMEM;
     }
     /* Strict JSON: one document, UTF-8 checked, no comments. */
