@@ -339,6 +339,48 @@ def test_expires_while_queued_behind_running_tasks(main):
     assert [s.get(timeout=15) for s in sleeps] == [2.5, 2.5]
 
 
+@pytest.mark.celeriac_only  # Celery 5.2 writes a task to a pool process only when it is idle
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("terminate", [False, True], ids=["revoke", "revoke-terminate"])
+def test_revoke_of_a_task_queued_in_a_busy_process(spawn, terminate):
+    """celeriac queues short tasks in a busy pool process behind its running one
+    (pipelining). Such a task revoked before it starts is discarded like a revoked
+    reserved task: REVOKED stored ("revoked"), never run, acked; the task queued
+    behind it still runs, and revoke --terminate kills no process for it (it never
+    started). The examples.sleep(4) blocker is queued behind because its moving
+    average, learnt from sleep(0.0002) runs, is short."""
+    w = spawn(concurrency=1, extra=["-l", "debug"])
+    warm = ([send(w, "examples.sleep", 0.0002) for _ in range(10)] +
+            [send(w, "examples.add", i, i) for i in range(10)])
+    for r in warm:
+        r.get(timeout=15)
+    pids = pool_pids(w)
+    blocker = send(w, "examples.sleep", 4)
+    active_pid(w, blocker.id)
+    started = time.monotonic()
+    victim = send(w, "examples.add", 7, 7)
+    after = send(w, "examples.add", 1, 2)
+    for r in (victim, after):
+        _wait_for_log(w, rf"Task examples\.add\[{r.id}\] queued in ForkPoolWorker-\d+",
+                      10, f"{r.id} queued in the busy process")
+    reply = control(w, "revoke", victim.id, terminate=terminate)
+    assert victim.id in reply["ok"], reply
+    if time.monotonic() - started > 3:
+        pytest.fail("test too slow: the revoke may have come after the blocker finished")
+    with pytest.raises(TaskRevokedError):
+        victim.get(timeout=15)
+    assert after.get(timeout=15) == 3
+    assert blocker.get(timeout=15) == 4
+    m = meta(w, victim.id)
+    assert m["status"] == "REVOKED" and m["result"]["exc_type"] == "TaskRevokedError", m
+    assert m["result"]["exc_message"] == ["revoked"], m
+    assert succeeded_lines(w, "examples.add", victim.id) == 0
+    log = w.logfile.read_text(errors="replace")
+    assert f"Discarding revoked task: examples.add[{victim.id}]" in log
+    assert pool_pids(w) == pids, "a process was replaced for a task that never started"
+    wait_for(lambda: broker_counts(w) == (0, 0), 10, "queue and unacked empty")
+
+
 # ------------------------------------------------------------------ 3. time limits
 
 

@@ -8,10 +8,12 @@
 #include <limits.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -21,6 +23,25 @@
 #include "log.h"
 
 #define MAX_FRAME (512u * 1024 * 1024)
+/* RUN frame: u32 length, u8 type, u32 flags, u32 sequence number. */
+#define RUN_HEADER 13
+
+/* A job slot (see POOL_SLOTS): the job's sequence number and its state. The
+ * parent and a child change it only with atomic operations, so the shared
+ * word must be lock-free (a lock would live in one process only). */
+_Static_assert(ATOMIC_INT_LOCK_FREE == 2, "pool job slots need lock-free atomic ints");
+typedef _Atomic unsigned int pool_slot;
+enum { SLOT_QUEUED = 1, SLOT_RUNNING = 2, SLOT_CANCELLED = 3 };
+#define SEQ_MASK 0x3fffffffu
+#define SLOTS_SIZE (POOL_SLOTS * sizeof(pool_slot))
+
+static unsigned slot_word(uint32_t seq, unsigned state)
+{
+    return (seq & SEQ_MASK) << 2 | state;
+}
+
+/* In a child: its own slots (set by spawn() before the child function runs). */
+static pool_slot *child_slots;
 
 static int write_all(int fd, const void *p, size_t n)
 {
@@ -79,6 +100,17 @@ static void close_inherited_sockets(int keep)
 
 static int spawn(struct pool *p, struct pool_child *c)
 {
+    if (!c->slots) {
+        void *m = mmap(NULL, SLOTS_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        if (m == MAP_FAILED) {
+            snprintf(p->errstr, sizeof p->errstr, "mmap: %s", strerror(errno));
+            return p->err = CELERIAC_ENOMEM;
+        }
+        c->slots = m;
+    }
+    for (size_t i = 0; i < POOL_SLOTS; i++) /* a fresh process: nothing sent yet */
+        atomic_store(&((pool_slot *)c->slots)[i], 0u);
+    c->seq_next = 0;
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
         snprintf(p->errstr, sizeof p->errstr, "socketpair: %s", strerror(errno));
@@ -120,6 +152,7 @@ static int spawn(struct pool *p, struct pool_child *c)
         char name[32];
         snprintf(name, sizeof name, "ForkPoolWorker-%d", index);
         log_set_process(name);
+        child_slots = c->slots;
         p->fn(sv[1], index, p->ud);
         _exit(0);
     }
@@ -223,15 +256,19 @@ size_t pool_size(const struct pool *p)
 
 int pool_send(struct pool_child *c, uint32_t flags, const char *envelope, size_t len, void *job)
 {
-    if (len > MAX_FRAME - 8)
+    if (len > MAX_FRAME - RUN_HEADER)
         return CELERIAC_ETOOBIG;
     if (c->busy && c->nqueued >= POOL_QUEUE_MAX)
         return CELERIAC_EINVAL;
-    unsigned char hdr[9];
-    uint32_t total = (uint32_t)(len + 5);
+    uint32_t seq = c->seq_next++ & SEQ_MASK;
+    unsigned char hdr[RUN_HEADER];
+    uint32_t total = (uint32_t)(len + RUN_HEADER - 4);
     memcpy(hdr, &total, 4);
     hdr[4] = POOL_RUN;
     memcpy(hdr + 5, &flags, 4);
+    memcpy(hdr + 9, &seq, 4);
+    /* The child may claim the job the moment the frame is written. */
+    atomic_store(&((pool_slot *)c->slots)[seq % POOL_SLOTS], slot_word(seq, SLOT_QUEUED));
     /* One syscall for the frame in the common case. */
     struct iovec iov[2] = {{hdr, sizeof hdr}, {(void *)envelope, len}};
     ssize_t w;
@@ -247,13 +284,35 @@ int pool_send(struct pool_child *c, uint32_t flags, const char *envelope, size_t
     if (body_done < len && write_all(c->fd, envelope + body_done, len - body_done) < 0)
         return CELERIAC_ECONN;
     if (c->busy) {
+        c->queued_seq[c->nqueued] = seq;
         c->queued[c->nqueued++] = job;
         return 0;
     }
     c->busy = 1;
     c->started = 0;
     c->job = job;
+    c->job_seq = seq;
     return 0;
+}
+
+int pool_cancel(struct pool_child *c, const void *job)
+{
+    uint32_t seq;
+    if (!job || !c->slots)
+        return 0;
+    if (c->job == job && !c->started) {
+        seq = c->job_seq;
+    } else {
+        size_t k = 0;
+        while (k < c->nqueued && c->queued[k] != job)
+            k++;
+        if (k == c->nqueued)
+            return 0;
+        seq = c->queued_seq[k];
+    }
+    unsigned expect = slot_word(seq, SLOT_QUEUED);
+    return atomic_compare_exchange_strong(&((pool_slot *)c->slots)[seq % POOL_SLOTS], &expect,
+                                          slot_word(seq, SLOT_CANCELLED));
 }
 
 void *pool_advance(struct pool_child *c)
@@ -266,7 +325,9 @@ void *pool_advance(struct pool_child *c)
         return j;
     }
     c->job = c->queued[0];
+    c->job_seq = c->queued_seq[0];
     memmove(c->queued, c->queued + 1, (c->nqueued - 1) * sizeof c->queued[0]);
+    memmove(c->queued_seq, c->queued_seq + 1, (c->nqueued - 1) * sizeof c->queued_seq[0]);
     c->nqueued--;
     return j;
 }
@@ -358,8 +419,11 @@ void pool_kill(struct pool *p, int sig)
 
 void pool_free(struct pool *p)
 {
-    for (size_t i = 0; i < p->n; i++)
+    for (size_t i = 0; i < p->n; i++) {
         pool_forget(&p->children[i]);
+        if (p->children[i].slots)
+            munmap(p->children[i].slots, SLOTS_SIZE);
+    }
     free(p->children);
     p->children = NULL;
     p->n = 0;
@@ -404,22 +468,33 @@ static size_t link_frame(const struct pool_link *l, int *bad)
 
 int pool_child_read(struct pool_link *l, uint32_t *flags, const char **envelope, size_t *len)
 {
-    int bad;
-    size_t n;
-    while ((n = link_frame(l, &bad)) == 0) {
-        if (bad)
+    for (;;) {
+        int bad;
+        size_t n;
+        while ((n = link_frame(l, &bad)) == 0) {
+            if (bad)
+                return CELERIAC_EPROTO;
+            if (pool_child_flush(l) < 0 || link_fill(l, 0) <= 0)
+                return CELERIAC_ECONN;
+        }
+        const char *f = l->in.p + l->in_off;
+        if ((unsigned char)f[4] != POOL_RUN || n < RUN_HEADER)
             return CELERIAC_EPROTO;
-        if (pool_child_flush(l) < 0 || link_fill(l, 0) <= 0)
-            return CELERIAC_ECONN;
+        uint32_t seq;
+        memcpy(flags, f + 5, 4);
+        memcpy(&seq, f + 9, 4);
+        *envelope = f + RUN_HEADER;
+        *len = n - RUN_HEADER;
+        l->in_off += n;
+        unsigned expect = slot_word(seq, SLOT_QUEUED);
+        if (!child_slots ||
+            atomic_compare_exchange_strong(&child_slots[seq % POOL_SLOTS], &expect,
+                                           slot_word(seq, SLOT_RUNNING)))
+            return 0;
+        /* Cancelled by the parent while it waited here: answered in order. */
+        if (pool_child_write(l, POOL_SKIPPED, NULL) < 0)
+            return CELERIAC_ENOMEM;
     }
-    const char *f = l->in.p + l->in_off;
-    if ((unsigned char)f[4] != POOL_RUN)
-        return CELERIAC_EPROTO;
-    memcpy(flags, f + 5, 4);
-    *envelope = f + 9;
-    *len = n - 9;
-    l->in_off += n;
-    return 0;
 }
 
 int pool_child_pending(struct pool_link *l)

@@ -17,9 +17,17 @@
 enum pool_frame {
     POOL_RUN = 1,     /* parent -> child: flags, envelope */
     POOL_STARTED = 2, /* child -> parent: task began (pid known) */
-    POOL_DONE = 3     /* child -> parent: outcome (u8 status, f64 runtime,
+    POOL_DONE = 3,    /* child -> parent: outcome (u8 status, f64 runtime,
                        * u32 detail length, detail, meta) */
+    POOL_SKIPPED = 4  /* child -> parent: the job was cancelled before it started */
 };
+
+/* Every RUN frame carries a sequence number; its slot in memory shared with
+ * the child (seq % POOL_SLOTS) says whether the job may still start. The
+ * child claims it (QUEUED -> RUNNING) before it runs it; the parent cancels
+ * a job still queued there (QUEUED -> CANCELLED). One atomic compare-and-swap
+ * decides which came first. POOL_SLOTS exceeds the jobs a child can hold. */
+#define POOL_SLOTS 16
 
 /* Outcome of one task, as the child reports it. */
 enum pool_status { POOL_SUCCESS = 0, POOL_FAILURE = 1, POOL_IGNORED = 2, POOL_RETRY = 3 };
@@ -52,6 +60,10 @@ struct pool_child {
     unsigned tasks_run;/* jobs completed by this process */
     int retiring;      /* exits after its current job */
     int replace;       /* with retiring: a fresh process takes the slot (recycling) */
+    uint32_t seq_next; /* sequence number of the next RUN frame */
+    uint32_t job_seq;  /* of job */
+    uint32_t queued_seq[POOL_QUEUE_MAX]; /* of queued[] */
+    void *slots;       /* owned: POOL_SLOTS words shared with the child (mmap) */
 };
 
 struct pool {
@@ -81,8 +93,12 @@ struct pool_child *pool_idle(struct pool *p);
 /* Sends a job: it becomes the child's current job when the child is idle,
  * otherwise it is queued behind (the caller checks nqueued < POOL_QUEUE_MAX). */
 int pool_send(struct pool_child *c, uint32_t flags, const char *envelope, size_t len, void *job);
-/* After a DONE: the next queued job (if any) becomes the current one.
- * Returns the job that was current. */
+/* Cancels job, sent to c and not started there: 1 when the child will skip
+ * it (it answers SKIPPED in its turn instead of STARTED), 0 when it started
+ * already or is not held by c. */
+int pool_cancel(struct pool_child *c, const void *job);
+/* After a DONE or SKIPPED: the next queued job (if any) becomes the current
+ * one. Returns the job that was current. */
 void *pool_advance(struct pool_child *c);
 /* Reads what is available from c->fd. Returns 1 with *type (and *out for DONE)
  * when a frame is complete, 0 when more bytes are needed, CELERIAC_ECONN on
@@ -107,8 +123,9 @@ struct pool_link {
     size_t in_off;  /* consumed prefix of in */
     struct buf out; /* owned: frames not yet written */
 };
-/* Blocks for the next RUN frame. envelope points into link->in and stays
- * valid until the next call. Returns 0, or negative at EOF/error. */
+/* Blocks for the next RUN frame the parent did not cancel, and claims it
+ * (a cancelled one is answered with SKIPPED). envelope points into link->in
+ * and stays valid until the next call. Returns 0, or negative at EOF/error. */
 int pool_child_read(struct pool_link *l, uint32_t *flags, const char **envelope, size_t *len);
 /* 1 when a whole frame is already buffered or readable without blocking. */
 int pool_child_pending(struct pool_link *l);

@@ -869,8 +869,12 @@ static void dispatch(struct worker *w)
         }
         w->nactive++;
         j->worker_pid = c->pid;
-        if (queue)
+        if (queue) {
+            if (log_get_level() == LOG_DEBUG)
+                log_debug("Task %s[%s] queued in ForkPoolWorker-%d behind %zu job(s)",
+                          task_message_display_name(&j->msg), j->msg.id, c->index, c->nqueued);
             continue;
+        }
         j->time_start = util_now();
         if (!j->acks_late)
             job_ack(w, j); /* Celery's default: acknowledged when the pool accepts it */
@@ -1101,6 +1105,22 @@ static void child_lost(struct worker *w, struct pool_child *c, int status)
 
 static void terminate_job(struct worker *w, struct pool_child *c, struct job *j);
 
+/* A job revoked while it waited in a pool process, which skipped it
+ * (pool_cancel): discarded as Celery discards a revoked reserved task. */
+static void job_skipped(struct worker *w, struct pool_child *c)
+{
+    struct job *j = pool_advance(c);
+    if (!j)
+        return;
+    w->nactive--;
+    log_info("Discarding revoked task: %s[%s]", task_message_display_name(&j->msg), j->msg.id);
+    job_body(w, j);
+    store_revoked(w, &j->msg, "revoked");
+    event_revoked(w, &j->msg, 0, 0, 0);
+    job_ack(w, j);
+    job_free(j);
+}
+
 static void read_child(struct worker *w, struct pool_child *c)
 {
     for (;;) {
@@ -1132,6 +1152,8 @@ static void read_child(struct worker *w, struct pool_child *c)
         }
         else if (type == POOL_DONE)
             job_done(w, c, &o);
+        else if (type == POOL_SKIPPED)
+            job_skipped(w, c);
         free(o.detail);
         free(o.meta);
     }
@@ -1848,14 +1870,26 @@ size_t worker_revoke(struct worker *w, const char *const *ids, size_t n, int ter
     size_t nterm = 0;
     for (size_t i = 0; i < n; i++) {
         revoked_add(&w->revoked, ids[i], now);
-        if (!terminate)
-            continue;
         for (size_t k = 0; k < w->pool.n; k++) {
             struct pool_child *c = &w->pool.children[k];
             for (size_t q = 0; c->busy && q <= c->nqueued; q++) {
                 struct job *j = q == 0 ? c->job : c->queued[q - 1];
                 if (!j || !j->msg.id || strcmp(j->msg.id, ids[i]) != 0 || j->terminated)
                     continue;
+                /* Waiting in the process, not started: it never will be (the
+                 * process answers SKIPPED, job_skipped() discards it). */
+                int cancelled = !j->time_start && pool_cancel(c, j);
+                if (cancelled)
+                    log_debug("Task %s cancelled in ForkPoolWorker-%d before it started",
+                              j->msg.id, c->index);
+                if (!terminate)
+                    continue;
+                if (cancelled) {
+                    if (nterm < max)
+                        terminated[nterm] = j->msg.id;
+                    nterm++;
+                    continue;
+                }
                 j->signum = signum;
                 if (q == 0 && j->time_start)
                     terminate_job(w, c, j);

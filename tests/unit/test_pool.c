@@ -1,0 +1,113 @@
+/* test_pool.c - unit tests for pool.c: frames between the parent and a real
+ * child process, and cancelling a job queued in a busy child. */
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "celeriac.h"
+#include "pool.h"
+#include "test.h"
+
+static int gate[2]; /* the child holds "job1" until the parent writes a byte here */
+
+/* Child: STARTED for each job it claims, then DONE with the envelope as detail. */
+static void echo_child(int fd, int index, void *ud)
+{
+    (void)index;
+    (void)ud;
+    struct pool_link link = {.fd = fd};
+    uint32_t flags;
+    const char *env;
+    size_t len;
+    while (pool_child_read(&link, &flags, &env, &len) == 0) {
+        char detail[32];
+        snprintf(detail, sizeof detail, "%.*s", (int)len, env);
+        pool_child_write(&link, POOL_STARTED, NULL);
+        pool_child_flush(&link);
+        if (strcmp(detail, "job1") == 0) {
+            char b;
+            while (read(gate[0], &b, 1) < 0) {
+            }
+        }
+        struct pool_outcome out = {.status = POOL_SUCCESS, .detail = detail};
+        pool_child_write(&link, POOL_DONE, &out);
+        if (!pool_child_pending(&link))
+            pool_child_flush(&link);
+    }
+    pool_child_flush(&link);
+    pool_link_free(&link);
+}
+
+/* The next frame from c within 10 s: its type, and the detail of a DONE. */
+static int next_frame(struct pool_child *c, char *detail, size_t dlen)
+{
+    for (int tries = 0; tries < 100; tries++) {
+        struct pool_outcome o = {0};
+        int type = 0;
+        int rc = pool_read(c, &type, &o);
+        if (rc < 0)
+            return rc;
+        if (rc == 1) {
+            snprintf(detail, dlen, "%s", o.detail ? o.detail : "");
+            free(o.detail);
+            free(o.meta);
+            return type;
+        }
+        struct pollfd p = {.fd = c->fd, .events = POLLIN};
+        poll(&p, 1, 100);
+    }
+    return -1;
+}
+
+TEST(cancel_a_job_queued_behind_a_running_one)
+{
+    CHECK(pipe(gate) == 0);
+    struct pool p = {0};
+    CHECK_EQ_INT(pool_start(&p, 1, echo_child, NULL), 0);
+    struct pool_child *c = &p.children[0];
+    int j1, j2, j3, other;
+    CHECK_EQ_INT(pool_send(c, 0, "job1", 4, &j1), 0);
+    CHECK_EQ_INT(pool_send(c, 0, "job2", 4, &j2), 0);
+    CHECK_EQ_INT(pool_send(c, 0, "job3", 4, &j3), 0);
+    CHECK_EQ_INT(c->nqueued, 2);
+    char d[32];
+    /* job1 claimed by the child: it can no longer be cancelled. */
+    CHECK_EQ_INT(next_frame(c, d, sizeof d), POOL_STARTED);
+    CHECK_EQ_INT(pool_cancel(c, &j1), 0);
+    /* job2 waits behind it: cancelled once, not twice; unknown jobs are not. */
+    CHECK_EQ_INT(pool_cancel(c, &j2), 1);
+    CHECK_EQ_INT(pool_cancel(c, &j2), 0);
+    CHECK_EQ_INT(pool_cancel(c, &other), 0);
+    CHECK(write(gate[1], "x", 1) == 1);
+
+    CHECK_EQ_INT(next_frame(c, d, sizeof d), POOL_DONE);
+    CHECK_STR(d, "job1");
+    CHECK(pool_advance(c) == &j1);
+    CHECK_EQ_INT(next_frame(c, d, sizeof d), POOL_SKIPPED);
+    CHECK(pool_advance(c) == &j2);
+    CHECK_EQ_INT(next_frame(c, d, sizeof d), POOL_STARTED);
+    CHECK_EQ_INT(pool_cancel(c, &j3), 0); /* started: too late */
+    CHECK_EQ_INT(next_frame(c, d, sizeof d), POOL_DONE);
+    CHECK_STR(d, "job3");
+    CHECK(pool_advance(c) == &j3);
+    CHECK(!c->busy);
+
+    /* Sequence numbers keep going past POOL_SLOTS: slots are reused. */
+    for (int i = 0; i < 2 * POOL_SLOTS; i++) {
+        CHECK_EQ_INT(pool_send(c, 0, "jobN", 4, &other), 0);
+        CHECK_EQ_INT(next_frame(c, d, sizeof d), POOL_STARTED);
+        CHECK_EQ_INT(next_frame(c, d, sizeof d), POOL_DONE);
+        CHECK(pool_advance(c) == &other);
+    }
+    pid_t pid = c->pid;
+    pool_close(&p);
+    int status = 0;
+    CHECK(waitpid(pid, &status, 0) == pid);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    pool_free(&p);
+    close(gate[0]);
+    close(gate[1]);
+}
