@@ -874,6 +874,32 @@ def render(results):
                          f"Redis-bound ceiling; celeriac reached {thr:,.0f}/s = "
                          f"{100.0 * thr / ceiling:.0f}% of it")
             out.append(line)
+    # What the CPUs allow: the worker and Redis share this machine's CPUs, so
+    # no worker can run add+result faster than CPUs / (its CPU + Redis's CPU per
+    # task), and that only with every CPU busy all the time (kernel time spent
+    # outside the two processes, such as loopback softirqs, is not counted).
+    ncpu = os.cpu_count() or 1
+    cpu_lines = []
+    for c in cols:
+        wc = dig(results["workers"][c], ("add", "worker_cpu_ms_per_task"))
+        rc = dig(results["workers"][c], ("add", "redis_cpu_ms_per_task"))
+        got = dig(results["workers"][c], ("add", "throughput_per_s"))
+        if wc and rc and got:
+            ceiling = ncpu * 1000.0 / (wc + rc)
+            results.setdefault("cpu_ceiling", {})[c] = {
+                "cpu_ms_per_task": wc + rc, "tasks_per_s": ceiling, "reached_pct": 100.0 * got / ceiling}
+            cpu_lines.append(f"  {c}: {wc:.3f} + {rc:.3f} ms = {ceiling:,.0f} tasks/s at most; "
+                             f"reached {got:,.0f}/s = {100.0 * got / ceiling:.0f}%")
+    if cpu_lines:
+        out.append("")
+        out.append(f"CPU-bound ceiling of add+result on this machine ({ncpu} CPUs ÷ (worker + "
+                   f"Redis CPU per task)):")
+        out.extend(cpu_lines)
+        base = dig(results["workers"].get("python-prefork", {}), ("add", "throughput_per_s"))
+        if base:
+            need = 30 * base
+            out.append(f"  30x python-prefork ({need:,.0f} tasks/s) leaves at most "
+                       f"{ncpu * 1000.0 / need:.3f} ms of worker + Redis CPU per task")
     samples = {c: dig(results["workers"][c], ("process_document", "sample_result")) for c in cols}
     samples = {c: {k: v for k, v in r.items() if k not in ("stages", "text_preview")}
                for c, r in samples.items() if isinstance(r, dict)}
