@@ -381,6 +381,37 @@ def test_revoke_of_a_task_queued_in_a_busy_process(spawn, terminate):
     wait_for(lambda: broker_counts(w) == (0, 0), 10, "queue and unacked empty")
 
 
+@pytest.mark.celeriac_only  # Celery 5.2 writes a task to a pool process only when it is idle
+@pytest.mark.timeout(60)
+def test_expiry_of_a_task_queued_in_a_busy_process(spawn):
+    """A short task queued in a busy pool process (pipelining: the examples.sleep(5)
+    blocker looks short from its sleep(0.0002) runs) whose expiry passes while it waits
+    there is not run when its turn comes: REVOKED "expired", as Celery checks expiry
+    just before running a task; the task queued behind it still runs."""
+    w = spawn(concurrency=1, extra=["-l", "debug"])
+    warm = ([send(w, "examples.sleep", 0.0002) for _ in range(10)] +
+            [send(w, "examples.add", i, i) for i in range(10)])
+    for r in warm:
+        r.get(timeout=15)
+    blocker = send(w, "examples.sleep", 5)
+    active_pid(w, blocker.id)
+    victim = send(w, "examples.add", 7, 7, expires=2.5)
+    after = send(w, "examples.add", 1, 2)
+    for r in (victim, after):
+        _wait_for_log(w, rf"Task examples\.add\[{r.id}\] queued in ForkPoolWorker-\d+",
+                      10, f"{r.id} queued in the busy process")
+    with pytest.raises(TaskRevokedError):
+        victim.get(timeout=20)
+    assert after.get(timeout=15) == 3
+    assert blocker.get(timeout=15) == 5
+    m = meta(w, victim.id)
+    assert m["status"] == "REVOKED" and m["result"]["exc_message"] == ["expired"], m
+    assert succeeded_lines(w, "examples.add", victim.id) == 0
+    log = w.logfile.read_text(errors="replace")
+    assert f"Discarding revoked task: examples.add[{victim.id}] (expired)" in log
+    wait_for(lambda: broker_counts(w) == (0, 0), 10, "queue and unacked empty")
+
+
 # ------------------------------------------------------------------ 3. time limits
 
 

@@ -344,6 +344,8 @@ int pool_read(struct pool_child *c, int *type, struct pool_outcome *out)
             if (c->in.len >= 4 + (size_t)total) {
                 const unsigned char *f = (const unsigned char *)c->in.p + 4;
                 *type = f[0];
+                if (*type == POOL_SKIPPED)
+                    out->status = total >= 2 ? f[1] : POOL_SKIP_CANCELLED;
                 if (*type == POOL_DONE) {
                     uint32_t dlen;
                     if (total < 14)
@@ -492,7 +494,8 @@ int pool_child_read(struct pool_link *l, uint32_t *flags, const char **envelope,
                                            slot_word(seq, SLOT_RUNNING)))
             return 0;
         /* Cancelled by the parent while it waited here: answered in order. */
-        if (pool_child_write(l, POOL_SKIPPED, NULL) < 0)
+        struct pool_outcome skip = {.status = POOL_SKIP_CANCELLED};
+        if (pool_child_write(l, POOL_SKIPPED, &skip) < 0)
             return CELERIAC_ENOMEM;
     }
 }
@@ -511,7 +514,7 @@ int pool_child_write(struct pool_link *l, int type, const struct pool_outcome *o
 {
     size_t dlen = out && out->detail ? strlen(out->detail) : 0;
     size_t mlen = out && out->meta ? out->meta_len : 0;
-    size_t total = type == POOL_DONE ? 14 + dlen + mlen : 1;
+    size_t total = type == POOL_DONE ? 14 + dlen + mlen : type == POOL_SKIPPED ? 2 : 1;
     if (total > MAX_FRAME)
         return CELERIAC_ETOOBIG;
     unsigned char hdr[18];
@@ -524,6 +527,9 @@ int pool_child_write(struct pool_link *l, int type, const struct pool_outcome *o
         memcpy(hdr + 6, &out->runtime, 8);
         memcpy(hdr + 14, &d32, 4);
         hlen = 18;
+    } else if (type == POOL_SKIPPED) {
+        hdr[5] = (unsigned char)(out ? out->status : POOL_SKIP_CANCELLED);
+        hlen = 6;
     }
     if (buf_append(&l->out, hdr, hlen) < 0 || (dlen && buf_append(&l->out, out->detail, dlen) < 0) ||
         (mlen && buf_append(&l->out, out->meta, mlen) < 0))

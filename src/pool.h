@@ -19,7 +19,13 @@ enum pool_frame {
     POOL_STARTED = 2, /* child -> parent: task began (pid known) */
     POOL_DONE = 3,    /* child -> parent: outcome (u8 status, f64 runtime,
                        * u32 detail length, detail, meta) */
-    POOL_SKIPPED = 4  /* child -> parent: the job was cancelled before it started */
+    POOL_SKIPPED = 4  /* child -> parent: the job did not run (u8 enum pool_skip) */
+};
+
+/* Why a child skipped a job (the status of a SKIPPED outcome). */
+enum pool_skip {
+    POOL_SKIP_CANCELLED = 0, /* the parent cancelled it (pool_cancel) */
+    POOL_SKIP_EXPIRED = 1    /* its expiry time passed while it waited */
 };
 
 /* Every RUN frame carries a sequence number; its slot in memory shared with
@@ -100,7 +106,8 @@ int pool_cancel(struct pool_child *c, const void *job);
 /* After a DONE or SKIPPED: the next queued job (if any) becomes the current
  * one. Returns the job that was current. */
 void *pool_advance(struct pool_child *c);
-/* Reads what is available from c->fd. Returns 1 with *type (and *out for DONE)
+/* Reads what is available from c->fd. Returns 1 with *type (and *out for DONE;
+ * out->status alone for SKIPPED)
  * when a frame is complete, 0 when more bytes are needed, CELERIAC_ECONN on
  * EOF/error (the child is gone). Caller frees out->detail and out->meta. */
 int pool_read(struct pool_child *c, int *type, struct pool_outcome *out);
@@ -129,7 +136,8 @@ struct pool_link {
 int pool_child_read(struct pool_link *l, uint32_t *flags, const char **envelope, size_t *len);
 /* 1 when a whole frame is already buffered or readable without blocking. */
 int pool_child_pending(struct pool_link *l);
-/* Buffers a frame; flush writes everything buffered. */
+/* Buffers a frame (out: the outcome of DONE, the enum pool_skip status of
+ * SKIPPED, NULL otherwise); flush writes everything buffered. */
 int pool_child_write(struct pool_link *l, int type, const struct pool_outcome *out);
 int pool_child_flush(struct pool_link *l);
 void pool_link_free(struct pool_link *l);

@@ -184,6 +184,17 @@ static void run_one(struct task_exec *x, struct pool_link *l, const char *env, s
     char err[256];
     int rc = task_message_decode(env, len, &x->limits, &m, err, sizeof err);
     const struct task_def *def = rc == 0 ? task_registry_find(x->registry, m.task) : NULL;
+    /* Expired while it waited in this process behind other jobs (the main
+     * process checked before sending it): not run, as Celery checks expiry
+     * just before running a task. The parent stores REVOKED "expired". */
+    if (rc == 0 && m.expires > 0 && m.expires < util_now()) {
+        out.status = POOL_SKIP_EXPIRED;
+        pool_child_write(l, POOL_SKIPPED, &out);
+        if (!pool_child_pending(l))
+            pool_child_flush(l);
+        task_message_clear(&m);
+        return;
+    }
     /* STARTED goes out now (with the DONE of the previous job, if that one
      * waited): the parent acks, times limits and lists active from it. */
     pool_child_write(l, POOL_STARTED, NULL);

@@ -1105,18 +1105,21 @@ static void child_lost(struct worker *w, struct pool_child *c, int status)
 
 static void terminate_job(struct worker *w, struct pool_child *c, struct job *j);
 
-/* A job revoked while it waited in a pool process, which skipped it
- * (pool_cancel): discarded as Celery discards a revoked reserved task. */
-static void job_skipped(struct worker *w, struct pool_child *c)
+/* A job a pool process did not run: revoked while it waited there
+ * (pool_cancel) or expired by the time its turn came. Discarded as Celery
+ * discards a revoked or expired reserved task. */
+static void job_skipped(struct worker *w, struct pool_child *c, int why)
 {
     struct job *j = pool_advance(c);
     if (!j)
         return;
     w->nactive--;
-    log_info("Discarding revoked task: %s[%s]", task_message_display_name(&j->msg), j->msg.id);
+    int expired = why == POOL_SKIP_EXPIRED;
+    log_info("Discarding revoked task: %s[%s]%s", task_message_display_name(&j->msg), j->msg.id,
+             expired ? " (expired)" : "");
     job_body(w, j);
-    store_revoked(w, &j->msg, "revoked");
-    event_revoked(w, &j->msg, 0, 0, 0);
+    store_revoked(w, &j->msg, expired ? "expired" : "revoked");
+    event_revoked(w, &j->msg, 0, 0, expired);
     job_ack(w, j);
     job_free(j);
 }
@@ -1153,7 +1156,7 @@ static void read_child(struct worker *w, struct pool_child *c)
         else if (type == POOL_DONE)
             job_done(w, c, &o);
         else if (type == POOL_SKIPPED)
-            job_skipped(w, c);
+            job_skipped(w, c, o.status);
         free(o.detail);
         free(o.meta);
     }

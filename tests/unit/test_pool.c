@@ -41,6 +41,8 @@ static void echo_child(int fd, int index, void *ud)
     pool_link_free(&link);
 }
 
+static int last_status; /* of the last frame next_frame() read */
+
 /* The next frame from c within 10 s: its type, and the detail of a DONE. */
 static int next_frame(struct pool_child *c, char *detail, size_t dlen)
 {
@@ -52,6 +54,7 @@ static int next_frame(struct pool_child *c, char *detail, size_t dlen)
             return rc;
         if (rc == 1) {
             snprintf(detail, dlen, "%s", o.detail ? o.detail : "");
+            last_status = o.status;
             free(o.detail);
             free(o.meta);
             return type;
@@ -87,6 +90,7 @@ TEST(cancel_a_job_queued_behind_a_running_one)
     CHECK_STR(d, "job1");
     CHECK(pool_advance(c) == &j1);
     CHECK_EQ_INT(next_frame(c, d, sizeof d), POOL_SKIPPED);
+    CHECK_EQ_INT(last_status, POOL_SKIP_CANCELLED);
     CHECK(pool_advance(c) == &j2);
     CHECK_EQ_INT(next_frame(c, d, sizeof d), POOL_STARTED);
     CHECK_EQ_INT(pool_cancel(c, &j3), 0); /* started: too late */
