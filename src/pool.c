@@ -33,6 +33,8 @@ _Static_assert(ATOMIC_INT_LOCK_FREE == 2, "pool job slots need lock-free atomic 
 typedef _Atomic unsigned int pool_slot;
 enum { SLOT_QUEUED = 1, SLOT_RUNNING = 2, SLOT_CANCELLED = 3 };
 #define SEQ_MASK 0x3fffffffu
+/* A slot is reused POOL_SLOTS frames later: by then its job was answered. */
+_Static_assert(POOL_SLOTS > POOL_QUEUE_MAX + 1, "a child holds up to 1 + POOL_QUEUE_MAX jobs");
 #define SLOTS_SIZE (POOL_SLOTS * sizeof(pool_slot))
 
 static unsigned slot_word(uint32_t seq, unsigned state)
@@ -231,14 +233,15 @@ int pool_grow(struct pool *p, size_t n)
 size_t pool_shrink(struct pool *p, size_t n)
 {
     size_t done = 0;
-    /* Idle processes first, then busy ones (they leave after their job). */
+    /* Idle processes first, then busy ones: end of input now, so a busy one
+     * reads the jobs already sent to it, answers them and exits. */
     for (int pass = 0; pass < 2 && done < n; pass++)
         for (size_t i = 0; i < p->n && done < n; i++) {
             struct pool_child *c = &p->children[i];
             if (!c->pid || c->retiring || (pass == 0 && c->busy))
                 continue;
             c->retiring = 1;
-            if (!c->busy && c->fd >= 0)
+            if (c->fd >= 0)
                 shutdown(c->fd, SHUT_WR);
             done++;
         }
@@ -311,8 +314,10 @@ int pool_cancel(struct pool_child *c, const void *job)
         seq = c->queued_seq[k];
     }
     unsigned expect = slot_word(seq, SLOT_QUEUED);
-    return atomic_compare_exchange_strong(&((pool_slot *)c->slots)[seq % POOL_SLOTS], &expect,
-                                          slot_word(seq, SLOT_CANCELLED));
+    if (atomic_compare_exchange_strong(&((pool_slot *)c->slots)[seq % POOL_SLOTS], &expect,
+                                       slot_word(seq, SLOT_CANCELLED)))
+        return 1;
+    return expect == slot_word(seq, SLOT_CANCELLED); /* cancelled before */
 }
 
 void *pool_advance(struct pool_child *c)

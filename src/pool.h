@@ -89,7 +89,8 @@ int pool_start(struct pool *p, size_t n, pool_child_fn fn, void *ud);
 int pool_respawn(struct pool *p, size_t i);
 /* Adds n processes (reusing empty slots). Slot pointers may move. */
 int pool_grow(struct pool *p, size_t n);
-/* Retires up to n processes: idle ones exit now, busy ones after their job.
+/* Retires up to n processes: idle ones exit now, busy ones after the jobs
+ * already sent to them.
  * Returns how many were retired. */
 size_t pool_shrink(struct pool *p, size_t n);
 /* Processes running and not retiring. */
@@ -100,8 +101,8 @@ struct pool_child *pool_idle(struct pool *p);
  * otherwise it is queued behind (the caller checks nqueued < POOL_QUEUE_MAX). */
 int pool_send(struct pool_child *c, uint32_t flags, const char *envelope, size_t len, void *job);
 /* Cancels job, sent to c and not started there: 1 when the child will skip
- * it (it answers SKIPPED in its turn instead of STARTED), 0 when it started
- * already or is not held by c. */
+ * it (it answers SKIPPED in its turn instead of STARTED; also when it was
+ * cancelled before), 0 when it started already or is not held by c. */
 int pool_cancel(struct pool_child *c, const void *job);
 /* After a DONE or SKIPPED: the next queued job (if any) becomes the current
  * one. Returns the job that was current. */

@@ -187,7 +187,7 @@ static void run_one(struct task_exec *x, struct pool_link *l, const char *env, s
     /* Expired while it waited in this process behind other jobs (the main
      * process checked before sending it): not run, as Celery checks expiry
      * just before running a task. The parent stores REVOKED "expired". */
-    if (rc == 0 && m.expires > 0 && m.expires < util_now()) {
+    if ((flags & EXEC_QUEUED) && rc == 0 && m.expires > 0 && m.expires < util_now()) {
         out.status = POOL_SKIP_EXPIRED;
         pool_child_write(l, POOL_SKIPPED, &out);
         if (!pool_child_pending(l))

@@ -19,6 +19,10 @@
 /* Nobody reads the repr of a successful result (the log is above INFO and task
  * events are off): the child does not build it. */
 #define EXEC_NO_REPR 0x8u
+/* Sent to a busy process, behind its current job: the child checks expiry
+ * when its turn comes (a job sent to an idle process was checked by the
+ * parent just before). */
+#define EXEC_QUEUED 0x10u
 
 struct task_exec {
     const celeriac_registry *registry; /* borrowed */

@@ -852,6 +852,8 @@ static void dispatch(struct worker *w)
             flags &= ~(uint32_t)EXEC_PARENT_STORES;
         if (log_get_level() > LOG_INFO && !w->events.task_events)
             flags |= EXEC_NO_REPR;
+        if (queue)
+            flags |= EXEC_QUEUED;
         if (pool_send(c, flags, j->envelope, j->len, j) < 0) {
             /* The child is gone; keep the job for the next one. */
             log_warning("pool process %d did not take a job; replacing it", (int)c->pid);
@@ -1115,11 +1117,13 @@ static void job_skipped(struct worker *w, struct pool_child *c, int why)
         return;
     w->nactive--;
     int expired = why == POOL_SKIP_EXPIRED;
-    log_info("Discarding revoked task: %s[%s]%s", task_message_display_name(&j->msg), j->msg.id,
-             expired ? " (expired)" : "");
-    job_body(w, j);
-    store_revoked(w, &j->msg, expired ? "expired" : "revoked");
-    event_revoked(w, &j->msg, 0, 0, expired);
+    if (!j->terminated) { /* else terminate_job() stored and announced it */
+        log_info("Discarding revoked task: %s[%s]%s", task_message_display_name(&j->msg),
+                 j->msg.id, expired ? " (expired)" : "");
+        job_body(w, j);
+        store_revoked(w, &j->msg, expired ? "expired" : "revoked");
+        event_revoked(w, &j->msg, 0, 0, expired);
+    }
     job_ack(w, j);
     job_free(j);
 }

@@ -80,9 +80,10 @@ TEST(cancel_a_job_queued_behind_a_running_one)
     /* job1 claimed by the child: it can no longer be cancelled. */
     CHECK_EQ_INT(next_frame(c, d, sizeof d), POOL_STARTED);
     CHECK_EQ_INT(pool_cancel(c, &j1), 0);
-    /* job2 waits behind it: cancelled once, not twice; unknown jobs are not. */
+    /* job2 waits behind it: cancelled (a second cancel says so again);
+     * unknown jobs are not. */
     CHECK_EQ_INT(pool_cancel(c, &j2), 1);
-    CHECK_EQ_INT(pool_cancel(c, &j2), 0);
+    CHECK_EQ_INT(pool_cancel(c, &j2), 1);
     CHECK_EQ_INT(pool_cancel(c, &other), 0);
     CHECK(write(gate[1], "x", 1) == 1);
 
@@ -108,6 +109,78 @@ TEST(cancel_a_job_queued_behind_a_running_one)
     }
     pid_t pid = c->pid;
     pool_close(&p);
+    int status = 0;
+    CHECK(waitpid(pid, &status, 0) == pid);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    pool_free(&p);
+    close(gate[0]);
+    close(gate[1]);
+}
+
+/* Nine jobs held at a time (the most a child holds), every third one
+ * cancelled right after it is sent: each cancel that returned 1 is answered
+ * SKIPPED, every other job STARTED then DONE, in order, across many trips
+ * around the POOL_SLOTS slots. */
+TEST(cancels_with_a_full_queue_answer_in_order)
+{
+    struct pool p = {0};
+    CHECK_EQ_INT(pool_start(&p, 1, echo_child, NULL), 0);
+    struct pool_child *c = &p.children[0];
+    enum { HELD = 1 + POOL_QUEUE_MAX, ROUNDS = 40 };
+    int jobs[HELD];
+    char d[32];
+    size_t skipped = 0;
+    for (int round = 0; round < ROUNDS; round++) {
+        int cancelled[HELD];
+        for (int i = 0; i < HELD; i++) {
+            CHECK_EQ_INT(pool_send(c, 0, "jobN", 4, &jobs[i]), 0);
+            cancelled[i] = i % 3 == 2 ? pool_cancel(c, &jobs[i]) : 0;
+        }
+        for (int i = 0; i < HELD; i++) {
+            if (cancelled[i]) {
+                CHECK_EQ_INT(next_frame(c, d, sizeof d), POOL_SKIPPED);
+                skipped++;
+            } else {
+                CHECK_EQ_INT(next_frame(c, d, sizeof d), POOL_STARTED);
+                CHECK_EQ_INT(next_frame(c, d, sizeof d), POOL_DONE);
+                CHECK_STR(d, "jobN");
+            }
+            CHECK(pool_advance(c) == &jobs[i]);
+        }
+        CHECK(!c->busy);
+    }
+    /* The child is slower to claim than the parent is to cancel: most of the
+     * cancels came first (each one is checked above either way). */
+    CHECK(skipped > 0);
+    pid_t pid = c->pid;
+    pool_close(&p);
+    int status = 0;
+    CHECK(waitpid(pid, &status, 0) == pid);
+    pool_free(&p);
+}
+
+/* pool_shrink of a busy process: it answers the jobs it holds, then exits. */
+TEST(shrink_retires_a_busy_process_after_its_jobs)
+{
+    CHECK(pipe(gate) == 0);
+    struct pool p = {0};
+    CHECK_EQ_INT(pool_start(&p, 1, echo_child, NULL), 0);
+    struct pool_child *c = &p.children[0];
+    int j1, j2;
+    char d[32];
+    CHECK_EQ_INT(pool_send(c, 0, "job1", 4, &j1), 0);
+    CHECK_EQ_INT(pool_send(c, 0, "job2", 4, &j2), 0);
+    CHECK_EQ_INT(next_frame(c, d, sizeof d), POOL_STARTED);
+    CHECK_EQ_INT(pool_shrink(&p, 1), 1);
+    CHECK(write(gate[1], "x", 1) == 1);
+    CHECK_EQ_INT(next_frame(c, d, sizeof d), POOL_DONE);
+    CHECK(pool_advance(c) == &j1);
+    CHECK_EQ_INT(next_frame(c, d, sizeof d), POOL_STARTED);
+    CHECK_EQ_INT(next_frame(c, d, sizeof d), POOL_DONE);
+    CHECK(pool_advance(c) == &j2);
+    /* End of input: the process exits (EOF here), within the 10 s wait. */
+    CHECK_EQ_INT(next_frame(c, d, sizeof d), CELERIAC_ECONN);
+    pid_t pid = c->pid;
     int status = 0;
     CHECK(waitpid(pid, &status, 0) == pid);
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
