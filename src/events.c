@@ -78,9 +78,14 @@ static int send_one(struct events *e, const celeriac_value *body, const char *ro
     return rc;
 }
 
+int events_task_enabled(const struct events *e)
+{
+    return e->task_events && e->pending;
+}
+
 int events_task(struct events *e, const char *type, celeriac_value *fields)
 {
-    if (!e->task_events || !e->pending) {
+    if (!events_task_enabled(e)) {
         celeriac_value_free(fields);
         return 0;
     }

@@ -28,6 +28,9 @@ int events_utcoffset(void);
  * e.g. uuid, name, args); the common fields are added around them. Dropped
  * when task events are off. */
 int events_task(struct events *e, const char *type, celeriac_value *fields);
+/* 1 when events_task() would send a task event (so its fields are worth
+ * building), 0 when it would drop it. */
+int events_task_enabled(const struct events *e);
 /* Queues a worker-online / worker-heartbeat / worker-offline event. */
 int events_worker(struct events *e, const char *type, size_t active, unsigned long processed);
 /* The heartbeat the `heartbeat` control command asks for (freq 5, sw_* only). */

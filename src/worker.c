@@ -405,8 +405,12 @@ static void store_failure(struct worker *w, const struct task_message *m, const 
     store_failure_ex(w, m, module, type, message, 1);
 }
 
-static celeriac_value *fields_uuid(const struct task_message *m)
+/* The fields of a task event, starting with its uuid; NULL when task events
+ * are off (nothing to build). */
+static celeriac_value *fields_uuid(const struct worker *w, const struct task_message *m)
 {
+    if (!events_task_enabled(&w->events))
+        return NULL;
     celeriac_value *f = celeriac_value_new_object();
     if (f)
         celeriac_value_set(f, "uuid", celeriac_value_new_string(m->id ? m->id : ""));
@@ -416,7 +420,7 @@ static celeriac_value *fields_uuid(const struct task_message *m)
 static void event_revoked(struct worker *w, const struct task_message *m, int terminated,
                           int signum, int expired)
 {
-    celeriac_value *f = fields_uuid(m);
+    celeriac_value *f = fields_uuid(w, m);
     if (!f)
         return;
     celeriac_value_set(f, "terminated", celeriac_value_new_bool(terminated));
@@ -429,7 +433,7 @@ static void event_revoked(struct worker *w, const struct task_message *m, int te
 static void event_failed(struct worker *w, const struct task_message *m, const char *exc_repr,
                          const char *traceback)
 {
-    celeriac_value *f = fields_uuid(m);
+    celeriac_value *f = fields_uuid(w, m);
     if (!f)
         return;
     celeriac_value_set(f, "exception", celeriac_value_new_string(exc_repr ? exc_repr : ""));
@@ -649,7 +653,7 @@ static void on_message(struct worker *w, struct broker_delivery *d)
     if (w->events.task_events) {
         if (!j->msg.argsrepr || !j->msg.kwargsrepr)
             job_body(w, j);
-        celeriac_value *f = fields_uuid(&j->msg);
+        celeriac_value *f = fields_uuid(w, &j->msg);
         char eta[40], expires[40];
         if (j->msg.eta > 0)
             util_iso8601_format_tz(j->msg.eta, eta, sizeof eta);
@@ -944,7 +948,7 @@ static void job_done(struct worker *w, struct pool_child *c, struct pool_outcome
     if (o->status == POOL_SUCCESS) {
         log_info("Task %s[%s] succeeded in %.6fs: %s", name, j->msg.id, o->runtime,
                  o->detail ? o->detail : "None");
-        celeriac_value *f = fields_uuid(&j->msg);
+        celeriac_value *f = fields_uuid(w, &j->msg);
         if (f) {
             /* No repr when events were off at dispatch (EXEC_NO_REPR): no result field. */
             if (o->detail)
@@ -955,7 +959,7 @@ static void job_done(struct worker *w, struct pool_child *c, struct pool_outcome
     } else if (o->status == POOL_RETRY) {
         /* The child republished the message and stored RETRY. */
         log_info("Task %s[%s] retry: %s", name, j->msg.id, o->detail ? o->detail : "");
-        celeriac_value *f = fields_uuid(&j->msg);
+        celeriac_value *f = fields_uuid(w, &j->msg);
         if (f) {
             struct buf tb = {0};
             buf_printf(&tb, "Traceback (most recent call last):\n  File \"celeriac\", in %s\n"
@@ -1070,7 +1074,7 @@ static void child_lost(struct worker *w, struct pool_child *c, int status)
         } else if (j->acks_late && w->cfg->task_reject_on_worker_lost && !j->acked) {
             log_warning("Task %s[%s] requeued (task_reject_on_worker_lost)", name, j->msg.id);
             job_requeue(w, j);
-            celeriac_value *f = fields_uuid(&j->msg);
+            celeriac_value *f = fields_uuid(w, &j->msg);
             if (f) {
                 celeriac_value_set(f, "requeue", celeriac_value_new_bool(1));
                 events_task(&w->events, "task-rejected", f);
@@ -1153,7 +1157,7 @@ static void read_child(struct worker *w, struct pool_child *c)
                 if (j->terminate_pending)
                     terminate_job(w, c, j);
             }
-            celeriac_value *f = j ? fields_uuid(&j->msg) : NULL;
+            celeriac_value *f = j ? fields_uuid(w, &j->msg) : NULL;
             if (f)
                 events_task(&w->events, "task-started", f);
         }
