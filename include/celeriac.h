@@ -106,7 +106,8 @@ const char *celeriac_value_key_at(const celeriac_value *v, size_t i);
 const celeriac_value *celeriac_value_get(const celeriac_value *v, const char *key);
 
 /* Builders: NULL when out of memory. Caller frees with celeriac_value_free()
- * unless ownership is handed over. Strings are copied. */
+ * unless ownership is handed over. Strings are copied. null, true and false
+ * are shared read-only nodes (never NULL; freeing them does nothing). */
 celeriac_value *celeriac_value_new_null(void);
 celeriac_value *celeriac_value_new_bool(int b);
 celeriac_value *celeriac_value_new_int(int64_t i);

@@ -72,15 +72,43 @@ static const celeriac_value *member(const celeriac_value *obj, const char *key)
     return celeriac_value_type(v) == CELERIAC_NULL ? NULL : v;
 }
 
-static char *dup_text(struct dec *d, const celeriac_value *v)
+/* The string fields of a message share one block (m->strings) when they
+ * fit: a message has about a dozen short ones (ids, names, tags). A string
+ * outside the block has an allocation of its own. */
+#define STRINGS_BLOCK 768
+
+static int in_block(const struct task_message *m, const char *s)
 {
-    char *s = malloc(v->u.s.len + 1);
-    if (!s) {
+    return m->strings && s >= m->strings && s < m->strings + STRINGS_BLOCK;
+}
+
+static void free_field(struct task_message *m, char *s)
+{
+    if (!in_block(m, s))
+        free(s);
+}
+
+static char *dup_bytes(struct dec *d, const char *p, size_t len)
+{
+    struct task_message *m = d->m;
+    char *s;
+    if (!m->strings && (m->strings = malloc(STRINGS_BLOCK)) != NULL)
+        m->strings_used = 0;
+    if (m->strings && len < STRINGS_BLOCK - m->strings_used) {
+        s = m->strings + m->strings_used;
+        m->strings_used += len + 1;
+    } else if ((s = malloc(len + 1)) == NULL) {
         fail(d, CELERIAC_ENOMEM, "out of memory");
         return NULL;
     }
-    memcpy(s, v->u.s.p, v->u.s.len + 1);
+    memcpy(s, p, len);
+    s[len] = '\0';
     return s;
+}
+
+static char *dup_text(struct dec *d, const celeriac_value *v)
+{
+    return dup_bytes(d, v->u.s.p, v->u.s.len);
 }
 
 /* Optional string member: a STRING replaces *dst (owned copy); missing leaves
@@ -97,7 +125,7 @@ static void opt_str(struct dec *d, const celeriac_value *obj, const char *where,
     }
     char *s = dup_text(d, v);
     if (s) {
-        free(*dst);
+        free_field(d->m, *dst);
         *dst = s;
     }
 }
@@ -375,7 +403,7 @@ static celeriac_value *decode_body(struct dec *d, const celeriac_value *env,
     if (rc < 0)
         fail(d, rc, "body (%s): %s", ser->name, why[0] ? why : celeriac_strerror(rc));
 out:
-    free(enc);
+    free_field(d->m, enc);
     free(raw);
     free(plain);
     return out;
@@ -449,8 +477,8 @@ int task_message_decode(const char *envelope, size_t len, const struct task_mess
     }
     out->headers = headers;
     opt_str(&d, headers, "headers", "id", &out->id);
-    if (!out->id && out->correlation_id && !(out->id = strdup(out->correlation_id)))
-        fail(&d, CELERIAC_ENOMEM, "out of memory");
+    if (!out->id && out->correlation_id)
+        out->id = dup_bytes(&d, out->correlation_id, strlen(out->correlation_id));
     opt_str(&d, headers, "headers", "task", &out->task);
     opt_str(&d, dinfo, "properties.delivery_info", "exchange", &out->exchange);
     opt_str(&d, dinfo, "properties.delivery_info", "routing_key", &out->routing_key);
@@ -533,7 +561,8 @@ void task_message_clear(struct task_message *m)
                      &m->correlation_id, &m->reply_to,    &m->delivery_tag,   &m->exchange,
                      &m->routing_key};
     for (size_t i = 0; i < sizeof strs / sizeof *strs; i++)
-        free(*strs[i]);
+        free_field(m, *strs[i]);
+    free(m->strings);
     celeriac_value_free(m->args);
     celeriac_value_free(m->kwargs);
     celeriac_value_free(m->embed);

@@ -17,7 +17,9 @@ struct task_message_limits {
 
 extern const struct task_message_limits task_message_limits_default;
 
-/* A decoded task. Strings are owned (NUL-terminated) or NULL when absent/null. */
+/* A decoded task. Strings are owned by the message (NUL-terminated, most of
+ * them in its strings block; only task_message_clear() frees them) or NULL
+ * when absent/null. */
 struct task_message {
     int protocol;          /* 2 (headers.task present) or 1 (body has task) */
     char *id;              /* task id; set as early as it can be found, also on errors */
@@ -56,6 +58,8 @@ struct task_message {
     celeriac_value *kwargs;
     celeriac_value *embed;
     celeriac_value *headers;
+    char *strings;         /* owned: the block most string fields point into */
+    size_t strings_used;
 };
 
 /* Decodes one envelope. Returns 0, or a negative code with a one-line reason in

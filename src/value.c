@@ -223,17 +223,26 @@ static celeriac_value *new_value(celeriac_type t)
     return v;
 }
 
+/* null, true and false are shared nodes: a decoded message holds dozens of
+ * them, and no function changes a scalar node in place (a value is replaced
+ * in its container instead). Freeing one does nothing. */
+static celeriac_value shared_null = {.type = CELERIAC_NULL};
+static celeriac_value shared_true = {.type = CELERIAC_BOOL, .u.b = 1};
+static celeriac_value shared_false = {.type = CELERIAC_BOOL, .u.b = 0};
+
+static int is_shared(const celeriac_value *v)
+{
+    return v == &shared_null || v == &shared_true || v == &shared_false;
+}
+
 celeriac_value *celeriac_value_new_null(void)
 {
-    return new_value(CELERIAC_NULL);
+    return &shared_null;
 }
 
 celeriac_value *celeriac_value_new_bool(int b)
 {
-    celeriac_value *v = new_value(CELERIAC_BOOL);
-    if (v)
-        v->u.b = b ? 1 : 0;
-    return v;
+    return b ? &shared_true : &shared_false;
 }
 
 celeriac_value *celeriac_value_new_int(int64_t i)
@@ -300,7 +309,7 @@ celeriac_value *celeriac_value_new_object(void)
 
 void celeriac_value_free(celeriac_value *v)
 {
-    if (!v)
+    if (!v || is_shared(v))
         return;
     switch (v->type) {
     case CELERIAC_STRING:

@@ -90,6 +90,20 @@ step "bench: smoke run" /usr/bin/python3 "$repo/compat/bench/bench.py" --smoke \
     --celeriac "${CELERIAC_BUILD_DIR:-$repo/build}/celeriac" \
     --json "${CELERIAC_BUILD_DIR:-$repo/build}/bench-smoke.json"
 
+# The decoders' fuzz target keeps building and survives a short run, seeded
+# with the captured messages (a crash, a sanitizer report or a leak fails it).
+fuzz_smoke() {
+    local dir=${CELERIAC_FUZZ_BUILD_DIR:-$repo/build-fuzz} corpus rc=0
+    CC=clang cmake -S "$repo" -B "$dir" -DCELERIAC_WERROR=ON -DCELERIAC_FUZZ=ON \
+        -DCELERIAC_ASAN=ON -DCELERIAC_UBSAN=ON >/dev/null || return 1
+    cmake --build "$dir" -j"$jobs" --target fuzz_task_message || return 1
+    corpus=$(mktemp -d) || return 1
+    find "$repo/protocol/fixtures" -maxdepth 1 -type f -exec cp {} "$corpus"/ \;
+    "$dir/fuzz_task_message" -max_total_time=60 -print_final_stats=1 "$corpus" || rc=1
+    rm -rf "$corpus"
+    return $rc
+}
+
 if [ "$sanitize" = 1 ]; then
     # detect_leaks: the main process is leak-checked at exit. Pool children leave
     # with _exit(), which skips the leak check, so fork+exit children are fine.
@@ -100,6 +114,9 @@ if [ "$sanitize" = 1 ]; then
     export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
     suite asan "${CELERIAC_ASAN_BUILD_DIR:-$repo/build-asan}" -DCELERIAC_ASAN=ON -DCELERIAC_UBSAN=ON \
         -DCMAKE_BUILD_TYPE=Debug
+    if command -v clang >/dev/null; then
+        step "fuzz: the decoders for 60 s (libFuzzer, ASan+UBSan)" fuzz_smoke
+    fi
 fi
 
 if [ ${#failures[@]} -ne 0 ]; then

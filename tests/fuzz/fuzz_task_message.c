@@ -24,7 +24,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    static const struct task_message_limits tlim = {1 << 20, 1 << 20, 64, 100000};
+    static const struct task_message_limits tlim = {
+        .max_message_bytes = 1 << 20, .max_body_bytes = 1 << 20, .max_depth = 64,
+        .max_items = 100000};
+    /* What the main process decodes: headers only, the body left for later. */
+    static const struct task_message_limits hlim = {
+        .max_message_bytes = 1 << 20, .max_body_bytes = 1 << 20, .max_depth = 64,
+        .max_items = 100000, .headers_only = 1};
     static const struct decode_limits dlim = {1 << 20, 64, 100000};
     char err[256];
 
@@ -35,6 +41,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         char *r = value_repr_tuple(m.args, 200);
         free(r);
     }
+    task_message_clear(&m);
+    task_message_decode((const char *)data, size, &hlim, &m, err, sizeof err);
     task_message_clear(&m);
 
     /* The input as a body inside a well-formed envelope, so that the body

@@ -333,8 +333,7 @@ TEST(retry_republishes_same_id)
     CHECK_STR(json, "[[[\"d08b54ab-7668-4a7a-bcd7-0022e8e5088a\", null], null]]");
     free(json);
     /* A first run (no parent) gets its own id as parent_id, as 5.2.6 does. */
-    free(m.parent_id);
-    m.parent_id = NULL;
+    m.parent_id = NULL; /* in the message's strings block: task_message_clear() frees it */
     fake_clear(&f);
     CHECK_EQ_INT(canvas_retry(&e, &m, 0, NULL), 0);
     task_message_clear(&r);
