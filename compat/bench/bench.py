@@ -852,9 +852,14 @@ def render(results):
         if above:
             line = "  p50 above the floor (the worker's share): " + ", ".join(
                 f"{c} {v:.2f} ms" for c, v in above.items())
-            if above.get("python-prefork", 0) > 0 and "celeriac" in above:
+            if above.get("python-prefork", 0) > 0 and above.get("celeriac", 0) > 0:
                 line += f"; celeriac/prefork {above['celeriac'] / above['python-prefork']:.3f}"
             out.append(line)
+            below = [c for c, v in above.items() if v <= 0]
+            if below:
+                out.append(f"  {', '.join(below)} measured at or below the floor, which was "
+                           f"measured once, before the workers: on this host that difference "
+                           f"is noise, and the worker's share is not measurable in this run")
     rb = results.get("redis_benchmark")
     cel = results["workers"].get("celeriac", {})
     cpt = dig(cel, ("add", "redis_commands_per_task"))
