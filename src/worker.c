@@ -480,6 +480,17 @@ static void store_revoked(struct worker *w, const struct task_message *m, const 
     celeriac_value_free(exc);
 }
 
+/* A revoked or expired task that will not run: logged, REVOKED stored with
+ * the reason, task-revoked sent. The caller acks (if due) and frees it. */
+static void announce_discarded(struct worker *w, struct job *j, int expired)
+{
+    log_info("Discarding revoked task: %s[%s]%s", task_message_display_name(&j->msg), j->msg.id,
+             expired ? " (expired)" : "");
+    job_body(w, j);
+    store_revoked(w, &j->msg, expired ? "expired" : "revoked");
+    event_revoked(w, &j->msg, 0, 0, expired);
+}
+
 static void schedule_insert(struct worker *w, struct job *j)
 {
     struct job **pp = &w->scheduled;
@@ -594,10 +605,7 @@ static void on_message(struct worker *w, struct broker_delivery *d)
         return;
     }
     if (revoked_contains(&w->revoked, j->msg.id, util_now())) {
-        log_info("Discarding revoked task: %s[%s]", name, j->msg.id);
-        job_body(w, j);
-        store_revoked(w, &j->msg, "revoked");
-        event_revoked(w, &j->msg, 0, 0, 0);
+        announce_discarded(w, j, 0);
         job_free(j);
         return;
     }
@@ -621,10 +629,7 @@ static void on_message(struct worker *w, struct broker_delivery *d)
         return;
     }
     if (j->msg.expires > 0 && j->msg.expires < util_now()) {
-        log_info("Discarding revoked task: %s[%s] (expired)", name, j->msg.id);
-        job_body(w, j);
-        store_revoked(w, &j->msg, "expired");
-        event_revoked(w, &j->msg, 0, 0, 1);
+        announce_discarded(w, j, 1);
         job_free(j);
         return;
     }
@@ -824,21 +829,13 @@ static void dispatch(struct worker *w)
         j->next = NULL;
         w->nready--;
         if (j->msg.expires > 0 && j->msg.expires < util_now()) {
-            log_info("Discarding revoked task: %s[%s] (expired)",
-                     task_message_display_name(&j->msg), j->msg.id);
-            job_body(w, j);
-            store_revoked(w, &j->msg, "expired");
-            event_revoked(w, &j->msg, 0, 0, 1);
+            announce_discarded(w, j, 1);
             job_ack(w, j);
             job_free(j);
             continue;
         }
         if (revoked_contains(&w->revoked, j->msg.id, util_now())) {
-            log_info("Discarding revoked task: %s[%s]", task_message_display_name(&j->msg),
-                     j->msg.id);
-            job_body(w, j);
-            store_revoked(w, &j->msg, "revoked");
-            event_revoked(w, &j->msg, 0, 0, 0);
+            announce_discarded(w, j, 0);
             job_ack(w, j);
             job_free(j);
             continue;
@@ -1120,14 +1117,8 @@ static void job_skipped(struct worker *w, struct pool_child *c, int why)
     if (!j)
         return;
     w->nactive--;
-    int expired = why == POOL_SKIP_EXPIRED;
-    if (!j->terminated) { /* else terminate_job() stored and announced it */
-        log_info("Discarding revoked task: %s[%s]%s", task_message_display_name(&j->msg),
-                 j->msg.id, expired ? " (expired)" : "");
-        job_body(w, j);
-        store_revoked(w, &j->msg, expired ? "expired" : "revoked");
-        event_revoked(w, &j->msg, 0, 0, expired);
-    }
+    if (!j->terminated) /* else terminate_job() stored and announced it */
+        announce_discarded(w, j, why == POOL_SKIP_EXPIRED);
     job_ack(w, j);
     job_free(j);
 }
