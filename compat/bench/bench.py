@@ -235,6 +235,27 @@ def cpu_seconds(pids):
     return total / CLK_TCK
 
 
+def blocking_waits(pids):
+    """Voluntary context switches of the given processes (threads included):
+    how many times they went to sleep waiting for something. Each such wait
+    costs a wake-up later, which on a VM is far from free."""
+    total = 0
+    for p in pids:
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for t in tids:
+            try:
+                with open(f"/proc/{p}/task/{t}/status") as f:
+                    for line in f:
+                        if line.startswith("voluntary_ctxt_switches:"):
+                            total += int(line.split()[1])
+            except (OSError, ValueError):
+                pass
+    return total
+
+
 def tree_memory(pid):
     """{'rss_mib', 'pss_mib', 'processes'} summed over the process tree."""
     rss = pss = 0
@@ -308,6 +329,24 @@ def redis_benchmark(port, requests, pipeline):
         raise RuntimeError(f"cannot parse redis-benchmark output:\n{out}")
     hmean = len(rates) / sum(1.0 / r for r in rates.values())
     return {"command": " ".join(cmd[1:]), "per_command": rates, "ops_per_s": hmean}
+
+
+def round_trip_cost(port, redis_pid, requests):
+    """Redis CPU per round trip when a single client pings it and waits for
+    each answer (redis-benchmark -c 1 -P 1 PING): Redis sleeps between two
+    requests, so this is the price of one wake-up of the server on this host,
+    with next to no command work in it."""
+    cmd = [REDIS_BENCHMARK, "-h", LOCALHOST, "-p", str(port), "-q", "--csv", "-n", str(requests),
+           "-c", "1", "-P", "1", "-t", "ping_mbulk"]
+    c0, w0 = cpu_seconds([redis_pid]), blocking_waits([redis_pid])
+    t0 = time.perf_counter()
+    subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
+    wall = time.perf_counter() - t0
+    c1, w1 = cpu_seconds([redis_pid]), blocking_waits([redis_pid])
+    return {"command": " ".join(cmd[1:]), "requests": requests,
+            "redis_cpu_us_per_round_trip": 1e6 * (c1 - c0) / requests,
+            "redis_waits_per_round_trip": (w1 - w0) / requests,
+            "round_trips_per_s": requests / wall}
 
 
 def host_cpu_ticks():
@@ -403,10 +442,11 @@ class Bench:
                           "--result-backend", self.redis.url(1), "worker", "-P", pool, "-c", "2",
                           "-n", node, "-l", os.environ.get("BENCH_PY_LOGLEVEL", "warning"),
                           "--without-mingle", "--without-gossip", "--without-heartbeat",
-                          "--prefetch-multiplier", "4"]
+                          "--prefetch-multiplier", str(self.args.prefetch_multiplier)]
         return node, [self.args.celeriac, "worker", "-b", self.redis.url(0), "--result-backend",
                       self.redis.url(1), "-c", "2", "-n", node, "-l", "warning",
-                      "--plugin", self.args.plugin, "--prefetch-multiplier", "4"]
+                      "--plugin", self.args.plugin, "--prefetch-multiplier",
+                      str(self.args.prefetch_multiplier)]
 
     def start_worker(self, name, phase):
         node, cmd = self.worker_command(name)
@@ -490,8 +530,9 @@ class Bench:
         return ids
 
     def cpu_sample(self, proc):
-        return (cpu_seconds(process_tree(proc.pid)), cpu_seconds([self.redis.proc.pid]),
-                host_cpu_ticks())
+        tree = process_tree(proc.pid)
+        return (cpu_seconds(tree), cpu_seconds([self.redis.proc.pid]), host_cpu_ticks(),
+                blocking_waits(tree), blocking_waits([self.redis.proc.pid]))
 
     def wait_results(self, proc, ids, timeout, own):
         """Waits for the READY result of ids[0] and ids[-1] (pubsub, EXISTS fallback).
@@ -626,6 +667,9 @@ class Bench:
             # CPU from the first to the last result, per task finished in between
             "worker_cpu_ms_per_task": 1000.0 * (cpu_end[0] - self.cpu_at_first[0]) / (n - 1),
             "redis_cpu_ms_per_task": 1000.0 * (cpu_end[1] - self.cpu_at_first[1]) / (n - 1),
+            # times the processes blocked (voluntary context switches), same span
+            "worker_waits_per_task": (cpu_end[3] - self.cpu_at_first[3]) / (n - 1),
+            "redis_waits_per_task": (cpu_end[4] - self.cpu_at_first[4]) / (n - 1),
             # share of the machine's CPU time the hypervisor took in the same span
             "host_steal_pct": (100.0 * (cpu_end[2][0] - self.cpu_at_first[2][0])
                                / max(1, cpu_end[2][1] - self.cpu_at_first[2][1])),
@@ -795,6 +839,9 @@ ROWS = [
     ("host CPU stolen, documents (%)", ("process_document", "host_steal_pct"), None, "{:.1f}"),
     ("worker CPU ms/task, add+result", ("add", "worker_cpu_ms_per_task"), False, "{:.3f}"),
     ("Redis CPU ms/task, add+result", ("add", "redis_cpu_ms_per_task"), False, "{:.3f}"),
+    # voluntary context switches: each is a sleep, and a wake-up to pay for later
+    ("worker blocking waits/task, add", ("add", "worker_waits_per_task"), False, "{:.2f}"),
+    ("Redis blocking waits/task, add", ("add", "redis_waits_per_task"), False, "{:.2f}"),
     ("worker CPU ms/doc", ("process_document", "worker_cpu_ms_per_task"), False, "{:.3f}"),
     ("Redis CPU ms/doc", ("process_document", "redis_cpu_ms_per_task"), False, "{:.3f}"),
     ("RSS after add run (MiB)", ("add", "memory_after", "rss_mib"), False, "{:.1f}"),
@@ -841,6 +888,10 @@ def render(results):
     line = lambda r: "  ".join(  # noqa: E731
         (r[i].ljust(widths[i]) if i == 0 else r[i].rjust(widths[i])) for i in range(len(r)))
     out = [line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows]
+    pm = dig(results, ("params", "prefetch_multiplier"))
+    if pm is not None and pm != 4:
+        out.insert(0, f"NOTE: every worker ran with --prefetch-multiplier {pm}, not Celery's "
+                      f"default 4 that the targets are stated at")
     floor = dig(results, ("latency_floor", "latency_ms"))
     if floor:
         out.append("")
@@ -905,6 +956,19 @@ def render(results):
             need = 30 * base
             out.append(f"  30x python-prefork ({need:,.0f} tasks/s) leaves at most "
                        f"{ncpu * 1000.0 / need:.3f} ms of worker + Redis CPU per task")
+    rt = results.get("round_trip_cost")
+    if rt:
+        out.append("")
+        out.append(f"Cost of a wake-up on this host: one client pinging Redis and waiting for each "
+                   f"answer ({rt['round_trips_per_s']:,.0f} round trips/s) costs Redis "
+                   f"{rt['redis_cpu_us_per_round_trip']:.1f} µs of CPU per round trip "
+                   f"({rt['redis_waits_per_round_trip']:.2f} blocking waits each)")
+        rw = {c: dig(results["workers"][c], ("add", "redis_waits_per_task")) for c in cols}
+        ww = {c: dig(results["workers"][c], ("add", "worker_waits_per_task")) for c in cols}
+        parts = [f"{c} {ww[c]:.2f} + {rw[c]:.2f}" for c in cols
+                 if ww.get(c) is not None and rw.get(c) is not None]
+        if parts:
+            out.append("  blocking waits per add task, worker + Redis: " + ", ".join(parts))
     samples = {c: dig(results["workers"][c], ("process_document", "sample_result")) for c in cols}
     samples = {c: {k: v for k, v in r.items() if k not in ("stages", "text_preview")}
                for c, r in samples.items() if isinstance(r, dict)}
@@ -979,6 +1043,9 @@ def main():
                     help="bench-responder binary for the latency floor (default: next to "
                          "--celeriac; the floor is skipped when there is none)")
     ap.add_argument("--keep-logs", action="store_true")
+    ap.add_argument("--prefetch-multiplier", type=int, default=4,
+                    help="for every worker (default 4, Celery's default; the targets are "
+                         "stated at it)")
     a = ap.parse_args()
     if a.smoke:
         a.tasks, a.documents, a.latency_samples = 200, 50, 20
@@ -999,8 +1066,10 @@ def main():
     if a.responder is None and a.celeriac:
         cand = Path(a.celeriac).parent / "bench-responder"
         a.responder = str(cand) if cand.is_file() else None
-    if a.tasks < 2 or a.documents < 2 or a.latency_samples < 1 or a.repeat < 1:
-        ap.error("need --tasks >= 2, --documents >= 2, --latency-samples >= 1, --repeat >= 1")
+    if a.tasks < 2 or a.documents < 2 or a.latency_samples < 1 or a.repeat < 1 \
+            or a.prefetch_multiplier < 1:
+        ap.error("need --tasks >= 2, --documents >= 2, --latency-samples >= 1, --repeat >= 1, "
+                 "--prefetch-multiplier >= 1")
 
     import celery
     import kombu
@@ -1009,7 +1078,7 @@ def main():
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "params": {"tasks": a.tasks, "documents": a.documents, "document_bytes": a.document_bytes,
                    "latency_samples": a.latency_samples, "latency_warmup": a.latency_warmup,
-                   "concurrency": 2, "prefetch_multiplier": 4, "smoke": a.smoke,
+                   "concurrency": 2, "prefetch_multiplier": a.prefetch_multiplier, "smoke": a.smoke,
                    "repeat": a.repeat},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "celery": celery.__version__,
@@ -1029,6 +1098,8 @@ def main():
         results["redis_benchmark"] = {
             "P1": redis_benchmark(bench.redis.port, a.redis_requests, 1),
             "P16": redis_benchmark(bench.redis.port, a.redis_requests * 5, 16)}
+        results["round_trip_cost"] = round_trip_cost(bench.redis.port, bench.redis.proc.pid,
+                                                     max(2000, a.redis_requests // 10))
         bench.r0.flushall()
         bench.r0.config_resetstat()
         docs = make_documents(a.documents, a.document_bytes)
