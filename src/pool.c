@@ -257,35 +257,29 @@ size_t pool_size(const struct pool *p)
     return n;
 }
 
-int pool_send(struct pool_child *c, uint32_t flags, const char *envelope, size_t len, void *job)
+int pool_post(struct pool_child *c, uint32_t flags, const char *envelope, size_t len, void *job)
 {
     if (len > MAX_FRAME - RUN_HEADER)
         return CELERIAC_ETOOBIG;
     if (c->busy && c->nqueued >= POOL_QUEUE_MAX)
         return CELERIAC_EINVAL;
-    uint32_t seq = c->seq_next++ & SEQ_MASK;
+    if (c->fd < 0)
+        return CELERIAC_ECONN;
+    uint32_t seq = c->seq_next & SEQ_MASK;
     unsigned char hdr[RUN_HEADER];
     uint32_t total = (uint32_t)(len + RUN_HEADER - 4);
     memcpy(hdr, &total, 4);
     hdr[4] = POOL_RUN;
     memcpy(hdr + 5, &flags, 4);
     memcpy(hdr + 9, &seq, 4);
+    size_t was = c->out.len;
+    if (buf_append(&c->out, hdr, sizeof hdr) < 0 || buf_append(&c->out, envelope, len) < 0) {
+        c->out.len = was;
+        return CELERIAC_ENOMEM;
+    }
+    c->seq_next++;
     /* The child may claim the job the moment the frame is written. */
     atomic_store(&((pool_slot *)c->slots)[seq % POOL_SLOTS], slot_word(seq, SLOT_QUEUED));
-    /* One syscall for the frame in the common case. */
-    struct iovec iov[2] = {{hdr, sizeof hdr}, {(void *)envelope, len}};
-    ssize_t w;
-    do
-        w = writev(c->fd, iov, 2);
-    while (w < 0 && errno == EINTR);
-    if (w < 0 && errno != EAGAIN)
-        return CELERIAC_ECONN;
-    size_t done = w < 0 ? 0 : (size_t)w;
-    if (done < sizeof hdr && write_all(c->fd, hdr + done, sizeof hdr - done) < 0)
-        return CELERIAC_ECONN;
-    size_t body_done = done > sizeof hdr ? done - sizeof hdr : 0;
-    if (body_done < len && write_all(c->fd, envelope + body_done, len - body_done) < 0)
-        return CELERIAC_ECONN;
     if (c->busy) {
         c->queued_seq[c->nqueued] = seq;
         c->queued[c->nqueued++] = job;
@@ -296,6 +290,21 @@ int pool_send(struct pool_child *c, uint32_t flags, const char *envelope, size_t
     c->job = job;
     c->job_seq = seq;
     return 0;
+}
+
+int pool_flush(struct pool_child *c)
+{
+    if (c->out.len == 0)
+        return 0;
+    int rc = c->fd >= 0 ? write_all(c->fd, c->out.p, c->out.len) : CELERIAC_EIO;
+    c->out.len = 0;
+    return rc < 0 ? CELERIAC_ECONN : 0;
+}
+
+int pool_send(struct pool_child *c, uint32_t flags, const char *envelope, size_t len, void *job)
+{
+    int rc = pool_post(c, flags, envelope, len, job);
+    return rc < 0 ? rc : pool_flush(c);
 }
 
 int pool_cancel(struct pool_child *c, const void *job)
@@ -340,6 +349,7 @@ void *pool_advance(struct pool_child *c)
 /* DONE payload: u8 status, f64 runtime, u32 detail length, detail, meta. */
 int pool_read(struct pool_child *c, int *type, struct pool_outcome *out)
 {
+    int drained = 0; /* a read returned less than it asked: nothing more now */
     for (;;) {
         if (c->in.len >= 4) {
             uint32_t total;
@@ -377,6 +387,8 @@ int pool_read(struct pool_child *c, int *type, struct pool_outcome *out)
                 return 1;
             }
         }
+        if (drained)
+            return 0; /* poll() says when more comes */
         char tmp[65536];
         ssize_t r = read(c->fd, tmp, sizeof tmp);
         if (r < 0 && errno == EINTR)
@@ -387,6 +399,7 @@ int pool_read(struct pool_child *c, int *type, struct pool_outcome *out)
             return CELERIAC_ECONN;
         if (buf_append(&c->in, tmp, (size_t)r) < 0)
             return CELERIAC_ENOMEM;
+        drained = (size_t)r < sizeof tmp;
     }
 }
 
@@ -408,6 +421,7 @@ void pool_forget(struct pool_child *c)
     c->job = NULL;
     c->nqueued = 0;
     buf_free(&c->in);
+    buf_free(&c->out);
 }
 
 void pool_close(struct pool *p)

@@ -63,6 +63,7 @@ struct pool_child {
     void *queued[POOL_QUEUE_MAX]; /* borrowed: jobs sent after job, in order */
     size_t nqueued;
     struct buf in;     /* owned: bytes received, not yet a whole frame */
+    struct buf out;    /* owned: RUN frames posted, not yet written */
     unsigned tasks_run;/* jobs completed by this process */
     int retiring;      /* exits after its current job */
     int replace;       /* with retiring: a fresh process takes the slot (recycling) */
@@ -97,8 +98,15 @@ size_t pool_shrink(struct pool *p, size_t n);
 size_t pool_size(const struct pool *p);
 /* An idle child, or NULL. */
 struct pool_child *pool_idle(struct pool *p);
-/* Sends a job: it becomes the child's current job when the child is idle,
- * otherwise it is queued behind (the caller checks nqueued < POOL_QUEUE_MAX). */
+/* Posts a job: it becomes the child's current job when the child is idle,
+ * otherwise it is queued behind (the caller checks nqueued < POOL_QUEUE_MAX).
+ * The frame waits in c->out until pool_flush(), so the jobs of one dispatch
+ * reach a child in one write (and wake it once). */
+int pool_post(struct pool_child *c, uint32_t flags, const char *envelope, size_t len, void *job);
+/* Writes what pool_post() buffered. CELERIAC_ECONN when the child is gone
+ * (its posted jobs stay recorded as its own: see child_lost in worker.c). */
+int pool_flush(struct pool_child *c);
+/* pool_post() and pool_flush(). */
 int pool_send(struct pool_child *c, uint32_t flags, const char *envelope, size_t len, void *job);
 /* Cancels job, sent to c and not started there: 1 when the child will skip
  * it (it answers SKIPPED in its turn instead of STARTED; also when it was

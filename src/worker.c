@@ -855,7 +855,7 @@ static void dispatch(struct worker *w)
             flags |= EXEC_NO_REPR;
         if (queue)
             flags |= EXEC_QUEUED;
-        if (pool_send(c, flags, j->envelope, j->len, j) < 0) {
+        if (pool_post(c, flags, j->envelope, j->len, j) < 0) {
             /* The child is gone; keep the job for the next one. */
             log_warning("pool process %d did not take a job; replacing it", (int)c->pid);
             ready_push(w, j);
@@ -878,9 +878,30 @@ static void dispatch(struct worker *w)
                           task_message_display_name(&j->msg), j->msg.id, c->index, c->nqueued);
             continue;
         }
-        j->time_start = util_now();
-        if (!j->acks_late)
-            job_ack(w, j); /* Celery's default: acknowledged when the pool accepts it */
+        j->posted = 1; /* accepted once its frame is written, below */
+    }
+    /* One write per process for everything posted to it above. */
+    for (size_t i = 0; i < w->pool.n; i++) {
+        c = &w->pool.children[i];
+        int rc = pool_flush(c);
+        struct job *j = c->job;
+        if (rc == 0 && j && j->posted) {
+            j->posted = 0;
+            j->time_start = util_now();
+            if (!j->acks_late)
+                job_ack(w, j); /* Celery's default: acknowledged when the pool accepts it */
+        } else if (rc < 0) {
+            /* Gone before it read them: nothing it holds started, so
+             * child_lost() gives every one of its jobs to another process. */
+            log_warning("pool process %d did not take its jobs; replacing it", (int)c->pid);
+            if (j)
+                j->posted = 0;
+            kill(c->pid, SIGKILL);
+            if (c->fd >= 0) {
+                close(c->fd);
+                c->fd = -1;
+            }
+        }
     }
     /* Whatever has to wait for a process is recorded in unacked now. */
     for (struct job *j = w->ready_head; j; j = j->next)
@@ -1554,6 +1575,10 @@ static int loop_once(struct worker *w)
         broker_lost(w, "fetch"); /* forgets the batch: its acks wait for the broker */
     }
     bfd = w->broker->ops->fetch_fd(w->broker);
+    /* The results collected since the last store go out after the fetch, so
+     * Redis answers the fetch first: the next messages are on the critical
+     * path, the store's reply is not. */
+    results_send(w);
 
     struct pollfd fds[2 + 1024];
     size_t nfds = 0;
@@ -1685,7 +1710,6 @@ flush:
      * batch fetch carries the acks; otherwise they go now. With task events
      * buffered, the results are stored first, as a task's events follow its
      * stored result. */
-    results_send(w);
     if (w->state >= W_WARM_STOP && results_held(w))
         flush_results(w); /* stopping: the acks_late acks of these go out now too */
     if (!(w->more && (can_fetch(w) || w->fetch.inflight)))

@@ -47,6 +47,7 @@ struct job {
     int soft_sent;           /* the soft limit signal was sent */
     int timed_out;           /* killed at the hard limit */
     int terminate_pending;   /* revoked with terminate while queued in a process */
+    int posted;              /* posted to an idle process, its frame not written yet */
     double estimate;         /* expected run time (s) when queued behind another job */
     struct job *next;        /* ready/scheduled list link */
 };
