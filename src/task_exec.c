@@ -196,9 +196,12 @@ static void run_one(struct task_exec *x, struct pool_link *l, const char *env, s
         return;
     }
     /* STARTED goes out now (with the DONE of the previous job, if that one
-     * waited): the parent acks, times limits and lists active from it. */
+     * waited): the parent acks, times limits, lists active and sends
+     * task-started from it. Not for a job the parent counted as started when
+     * it sent it (EXEC_QUIET_START): then it rides with the next frame. */
     pool_child_write(l, POOL_STARTED, NULL);
-    pool_child_flush(l);
+    if (!(flags & EXEC_QUIET_START))
+        pool_child_flush(l);
     if (!def) {
         /* The main process read only the headers: a malformed body shows up
          * here. Store it as Celery would fail an invalid task, so the caller

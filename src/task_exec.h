@@ -23,6 +23,10 @@
  * when its turn comes (a job sent to an idle process was checked by the
  * parent just before). */
 #define EXEC_QUEUED 0x10u
+/* Sent to an idle process, which the parent counts as started and acked at
+ * once, with task events off: nobody waits for its STARTED, so that frame
+ * goes with the next one written instead of in a write of its own. */
+#define EXEC_QUIET_START 0x20u
 
 struct task_exec {
     const celeriac_registry *registry; /* borrowed */

@@ -855,6 +855,8 @@ static void dispatch(struct worker *w)
             flags |= EXEC_NO_REPR;
         if (queue)
             flags |= EXEC_QUEUED;
+        else if (!w->events.task_events)
+            flags |= EXEC_QUIET_START; /* its STARTED changes nothing here */
         if (pool_post(c, flags, j->envelope, j->len, j) < 0) {
             /* The child is gone; keep the job for the next one. */
             log_warning("pool process %d did not take a job; replacing it", (int)c->pid);
