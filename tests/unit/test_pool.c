@@ -188,3 +188,61 @@ TEST(shrink_retires_a_busy_process_after_its_jobs)
     close(gate[0]);
     close(gate[1]);
 }
+
+/* Posted jobs wait in the parent until pool_flush(), then arrive in order. */
+TEST(posted_jobs_go_out_on_flush_in_order)
+{
+    CHECK(pipe(gate) == 0);
+    CHECK(write(gate[1], "x", 1) == 1); /* job1 does not wait here */
+    struct pool p = {0};
+    CHECK_EQ_INT(pool_start(&p, 1, echo_child, NULL), 0);
+    struct pool_child *c = &p.children[0];
+    int j1, j2, j3;
+    char d[32];
+    CHECK_EQ_INT(pool_post(c, 0, "job1", 4, &j1), 0);
+    CHECK_EQ_INT(pool_post(c, 0, "jobB", 4, &j2), 0);
+    CHECK_EQ_INT(pool_post(c, 0, "jobC", 4, &j3), 0);
+    CHECK(c->busy && c->job == &j1 && c->nqueued == 2);
+    /* Nothing written yet: the child has nothing to answer. */
+    struct pollfd pf = {.fd = c->fd, .events = POLLIN};
+    CHECK_EQ_INT(poll(&pf, 1, 200), 0);
+    CHECK_EQ_INT(pool_flush(c), 0);
+    CHECK_EQ_INT(c->out.len, 0);
+    const char *want[] = {"job1", "jobB", "jobC"};
+    int *jobs[] = {&j1, &j2, &j3};
+    for (int i = 0; i < 3; i++) {
+        CHECK_EQ_INT(next_frame(c, d, sizeof d), POOL_STARTED);
+        CHECK_EQ_INT(next_frame(c, d, sizeof d), POOL_DONE);
+        CHECK_STR(d, want[i]);
+        CHECK(pool_advance(c) == jobs[i]);
+    }
+    CHECK(!c->busy);
+    pool_free(&p);
+    close(gate[0]);
+    close(gate[1]);
+}
+
+/* A flush to a process that is gone fails; its posted jobs stay recorded as
+ * its own (the worker gives them to another process when it reaps it). */
+TEST(flush_to_a_dead_process_fails_and_keeps_its_jobs)
+{
+    signal(SIGPIPE, SIG_IGN);
+    CHECK(pipe(gate) == 0);
+    struct pool p = {0};
+    CHECK_EQ_INT(pool_start(&p, 1, echo_child, NULL), 0);
+    struct pool_child *c = &p.children[0];
+    kill(c->pid, SIGKILL);
+    int status = 0;
+    CHECK(waitpid(c->pid, &status, 0) == c->pid);
+    int j1, j2;
+    CHECK_EQ_INT(pool_post(c, 0, "job1", 4, &j1), 0);
+    CHECK_EQ_INT(pool_post(c, 0, "job2", 4, &j2), 0);
+    CHECK_EQ_INT(pool_flush(c), CELERIAC_ECONN);
+    CHECK(c->job == &j1 && c->nqueued == 1 && c->queued[0] == &j2);
+    CHECK_EQ_INT(c->out.len, 0);
+    pool_forget(c);
+    CHECK_EQ_INT(pool_post(c, 0, "job3", 4, &j1), CELERIAC_ECONN); /* no link */
+    pool_free(&p);
+    close(gate[0]);
+    close(gate[1]);
+}
