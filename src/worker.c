@@ -1707,8 +1707,9 @@ static int loop_once(struct worker *w)
             }
     }
 flush:
-    /* This iteration's results are written now and their reply read when it
-     * arrives (the loop polls for it). With more messages waiting the next
+    /* This iteration's results are written at the top of the next one, after
+     * its fetch, and their reply read when it arrives (the loop polls for
+     * it). With more messages waiting the next
      * batch fetch carries the acks; otherwise they go now. With task events
      * buffered, the results are stored first, as a task's events follow its
      * stored result. */
