@@ -6,7 +6,9 @@ With COMPAT_WORKER=python the same tests run against the real Celery worker
 (compat/reference/canvas_ref.py registers the same task names), which is how the
 expectations below were checked to be Celery's own behaviour.
 """
+import json
 import uuid
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from celery import chain, chord, group
@@ -259,6 +261,38 @@ def test_retry_until_success(cw, app, canvas_redis):
     states = poll_states(r, TIMEOUT)
     assert states[-1][0] == "SUCCESS"
     assert r.get(timeout=TIMEOUT) == "ok after 2 retries"
+
+
+def test_retry_resends_time_limits_and_expiry(cw, app, canvas_redis):
+    """The retried message carries the original timelimit and expires headers
+    (Celery's Task.retry() copies them from the request). The pool process
+    reads them from the envelope only when a task retries, so this is the
+    check that it does.
+
+    Celery 5.2.6 itself cannot retry a task that has expires: its retry
+    passes the request's ISO string to send_task(), which compares it with 0
+    and fails with TypeError (seen with COMPAT_WORKER=python). So against
+    Python only the time limits are checked; celeriac re-sends expires as it
+    came."""
+    python = conftest.WORKER_KIND == "python"
+    expires = (datetime.now(timezone.utc) + timedelta(minutes=10)).replace(microsecond=123456)
+    r = app.send_task("examples.flaky", args=(1,), time_limit=30, soft_time_limit=20,
+                      expires=None if python else expires)
+    db = canvas_redis.client(0)
+
+    def retried():
+        # The retry waits out its countdown (0.5 s) reserved in unacked.
+        for raw in db.hvals("unacked"):
+            message = json.loads(raw)[0]
+            headers = message["headers"]
+            if headers.get("id") == r.id and headers.get("retries") == 1:
+                return headers
+        return None
+
+    headers = wait_for(retried, TIMEOUT, "the retried message in unacked", interval=0.01)
+    assert headers["timelimit"] == [30, 20]
+    assert headers["expires"] == (None if python else expires.isoformat())
+    assert r.get(timeout=TIMEOUT) == "ok after 1 retries"
 
 
 def test_retry_keeps_chain_going(cw, app):

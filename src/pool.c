@@ -16,6 +16,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "celeriac.h"
@@ -258,6 +259,19 @@ size_t pool_size(const struct pool *p)
 
 int pool_post(struct pool_child *c, uint32_t flags, const char *envelope, size_t len, void *job)
 {
+    struct iovec iov = {(void *)envelope, len};
+    return pool_postv(c, flags, &iov, 1, job);
+}
+
+int pool_postv(struct pool_child *c, uint32_t flags, const struct iovec *iov, size_t niov,
+               void *job)
+{
+    size_t len = 0;
+    for (size_t i = 0; i < niov; i++) {
+        if (iov[i].iov_len > MAX_FRAME)
+            return CELERIAC_ETOOBIG;
+        len += iov[i].iov_len;
+    }
     if (len > MAX_FRAME - RUN_HEADER)
         return CELERIAC_ETOOBIG;
     if (c->busy && c->nqueued >= POOL_QUEUE_MAX)
@@ -272,7 +286,10 @@ int pool_post(struct pool_child *c, uint32_t flags, const char *envelope, size_t
     memcpy(hdr + 5, &flags, 4);
     memcpy(hdr + 9, &seq, 4);
     size_t was = c->out.len;
-    if (buf_append(&c->out, hdr, sizeof hdr) < 0 || buf_append(&c->out, envelope, len) < 0) {
+    int rc = buf_append(&c->out, hdr, sizeof hdr);
+    for (size_t i = 0; i < niov && rc == 0; i++)
+        rc = buf_append(&c->out, iov[i].iov_base, iov[i].iov_len);
+    if (rc < 0) {
         c->out.len = was;
         return CELERIAC_ENOMEM;
     }

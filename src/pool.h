@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 
 #include "util.h"
 
@@ -103,6 +104,9 @@ struct pool_child *pool_idle(struct pool *p);
  * The frame waits in c->out until pool_flush(), so the jobs of one dispatch
  * reach a child in one write (and wake it once). */
 int pool_post(struct pool_child *c, uint32_t flags, const char *envelope, size_t len, void *job);
+/* pool_post() of a payload in pieces (the frame carries them back to back). */
+int pool_postv(struct pool_child *c, uint32_t flags, const struct iovec *iov, size_t niov,
+               void *job);
 /* Writes what pool_post() buffered. CELERIAC_ECONN when the child is gone
  * (its posted jobs stay recorded as its own: see child_lost in worker.c). */
 int pool_flush(struct pool_child *c);

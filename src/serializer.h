@@ -30,13 +30,22 @@ struct serializer {
 extern const struct serializer serializer_json;
 extern const struct serializer serializer_msgpack;
 
+/* Where json_decode_lifting() left a member's text (see there). */
+struct json_lifted {
+    int found;  /* 1: the member is "" in the decoded value, its text is here */
+    size_t off; /* of the string's content (after the quote) in the input */
+    size_t len;
+};
 /* serializer_json.decode() for a JSON object whose top-level member key is
  * expected to hold a long plain string (a kombu envelope's base64 body):
  * that string is copied out without going through the parser. The result,
- * return code and error text are the same as serializer_json.decode()'s. */
+ * return code and error text are the same as serializer_json.decode()'s.
+ * With where non-NULL the string is not copied at all: the member is left as
+ * "" and where says where its content is in buf (where->found 0: nothing
+ * was lifted, the member is in the value as it is). */
 int json_decode_lifting(const void *buf, size_t len, const char *key,
                         const struct decode_limits *lim, celeriac_value **out, char *err,
-                        size_t errlen);
+                        size_t errlen, struct json_lifted *where);
 /* What json_decode_lifting() lifts: 1 with the content of the top-level
  * string member key at text[*off], *vlen bytes, when it is at least 256
  * bytes of printable ASCII without escapes and the key occurs once; else 0.

@@ -624,9 +624,11 @@ int json_find_plain_member(const char *text, size_t n, const char *key, size_t *
 
 int json_decode_lifting(const void *buf, size_t len, const char *key,
                         const struct decode_limits *lim, celeriac_value **out, char *err,
-                        size_t errlen)
+                        size_t errlen, struct json_lifted *where)
 {
     size_t off = 0, vlen = 0;
+    if (where)
+        where->found = 0;
     if (!buf || !out || !key || (lim && len > lim->max_bytes) ||
         !json_find_plain_member(buf, len, key, &off, &vlen))
         return json_decode(buf, len, lim, out, err, errlen);
@@ -646,6 +648,13 @@ int json_decode_lifting(const void *buf, size_t len, const char *key,
     }
     if (rc < 0) /* the plain decode says what is wrong, where */
         return json_decode(buf, len, lim, out, err, errlen);
+    if (where) {
+        where->found = 1;
+        where->off = off;
+        where->len = vlen;
+        *out = v;
+        return 0;
+    }
     if (!(s = celeriac_value_new_stringn((const char *)buf + off, vlen)) ||
         celeriac_value_set(v, key, s) < 0) {
         celeriac_value_free(v);

@@ -182,7 +182,9 @@ static void run_one(struct task_exec *x, struct pool_link *l, const char *env, s
     struct task_message m = {0};
     struct pool_outcome out = {.status = POOL_FAILURE};
     char err[256];
-    int rc = task_message_decode(env, len, &x->limits, &m, err, sizeof err);
+    int rc = (flags & EXEC_PACKED)
+                 ? task_message_decode_packed(env, len, &x->limits, &m, err, sizeof err)
+                 : task_message_decode(env, len, &x->limits, &m, err, sizeof err);
     const struct task_def *def = rc == 0 ? task_registry_find(x->registry, m.task) : NULL;
     /* Expired while it waited in this process behind other jobs (the main
      * process checked before sending it): not run, as Celery checks expiry
@@ -248,6 +250,12 @@ static void run_one(struct task_exec *x, struct pool_link *l, const char *env, s
         }
         /* Retry below max_retries (Celery's default 3); past it, the exception stands. */
         int max_retries = t.retry_max < 0 ? 3 : t.retry_max;
+        /* A retry re-sends headers the packed hand-off left out. */
+        const char *envelope;
+        size_t envelope_len;
+        if (t.failed && t.retry && !m.headers && (flags & EXEC_PACKED) &&
+            task_message_packed_envelope(env, len, &envelope, &envelope_len) == 0)
+            task_message_load_headers(&m, envelope, envelope_len, &x->limits);
         if (!(t.failed && t.retry && m.retries < max_retries &&
               run_retry(x, &ce, &m, &t, msg, &out) == 0))
             run_failure(x, &ce, &m, module, type, msg, ignore, &out);

@@ -27,6 +27,9 @@
  * once, with task events off: nobody waits for its STARTED, so that frame
  * goes with the next one written instead of in a write of its own. */
 #define EXEC_QUIET_START 0x20u
+/* The payload is a packed message (task_message_pack()): the envelope comes
+ * with what the parent decoded of it, and the child decodes only the body. */
+#define EXEC_PACKED 0x40u
 
 struct task_exec {
     const celeriac_registry *registry; /* borrowed */

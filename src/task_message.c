@@ -2,6 +2,8 @@
 #include "task_message.h"
 
 #include <limits.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -343,28 +345,18 @@ static const char *refused_name(const char *ct)
     return "refused serializer";
 }
 
-/* Body bytes after body_encoding and compression, then the decoded value. */
-static celeriac_value *decode_body(struct dec *d, const celeriac_value *env,
-                                   const celeriac_value *props, const struct serializer *ser,
-                                   const struct task_message_limits *lim)
+/* The body's text (n bytes) after body_encoding enc (NULL: none) and
+ * compression, then the decoded value. */
+static celeriac_value *decode_body_text(struct dec *d, const char *text, size_t n, const char *enc,
+                                        const struct serializer *ser,
+                                        const struct task_message_limits *lim)
 {
     struct task_message *m = d->m;
     unsigned char *raw = NULL, *plain = NULL;
     celeriac_value *out = NULL;
-    const celeriac_value *body = celeriac_value_get(env, "body");
-    if (celeriac_value_type(body) != CELERIAC_STRING) {
-        fail(d, CELERIAC_EPARSE, "body is not a string (%s)", type_name(body));
-        return NULL;
-    }
-    const unsigned char *bytes = (const unsigned char *)body->u.s.p;
-    size_t n = body->u.s.len;
-
-    char *enc = NULL;
-    opt_str(d, props, "properties", "body_encoding", &enc);
-    if (d->rc)
-        goto out;
+    const unsigned char *bytes = (const unsigned char *)text;
     if (enc && strcmp(enc, "base64") == 0) {
-        int rc = codec_base64_decode(body->u.s.p, body->u.s.len, lim->max_body_bytes, &raw, &n);
+        int rc = codec_base64_decode(text, n, lim->max_body_bytes, &raw, &n);
         if (rc == CELERIAC_ETOOBIG)
             fail(d, rc, "body exceeds the %zu byte limit", lim->max_body_bytes);
         else if (rc < 0)
@@ -403,10 +395,64 @@ static celeriac_value *decode_body(struct dec *d, const celeriac_value *env,
     if (rc < 0)
         fail(d, rc, "body (%s): %s", ser->name, why[0] ? why : celeriac_strerror(rc));
 out:
-    free_field(d->m, enc);
     free(raw);
     free(plain);
     return out;
+}
+
+/* The envelope's body member (its text at envelope + lifted->off when it was
+ * lifted out of env), decoded. */
+static celeriac_value *decode_body(struct dec *d, const char *envelope, const celeriac_value *env,
+                                   const struct json_lifted *lifted, const celeriac_value *props,
+                                   const struct serializer *ser,
+                                   const struct task_message_limits *lim)
+{
+    const char *text;
+    size_t n;
+    const celeriac_value *body = celeriac_value_get(env, "body");
+    if (lifted->found) {
+        text = envelope + lifted->off;
+        n = lifted->len;
+    } else if (celeriac_value_type(body) != CELERIAC_STRING) {
+        fail(d, CELERIAC_EPARSE, "body is not a string (%s)", type_name(body));
+        return NULL;
+    } else {
+        text = body->u.s.p;
+        n = body->u.s.len;
+    }
+    char *enc = NULL;
+    celeriac_value *out = NULL;
+    opt_str(d, props, "properties", "body_encoding", &enc);
+    if (!d->rc)
+        out = decode_body_text(d, text, n, enc, ser, lim);
+    free_field(d->m, enc);
+    return out;
+}
+
+/* headers_only: keeps what task_message_pack() needs of the body when it is
+ * a string and body_encoding is absent or a string (anything else is left
+ * for the pool process's full decode to report). */
+static void keep_body(struct dec *d, celeriac_value *env, const struct json_lifted *lifted,
+                      const celeriac_value *props)
+{
+    struct task_message *m = d->m;
+    const celeriac_value *enc = member(props, "body_encoding");
+    if (enc && enc->type != CELERIAC_STRING)
+        return;
+    if (lifted->found) {
+        m->body_off = lifted->off;
+        m->body_len = lifted->len;
+    } else {
+        celeriac_value *b = value_take(env, "body");
+        if (celeriac_value_type(b) != CELERIAC_STRING) {
+            celeriac_value_free(b);
+            return;
+        }
+        m->body_text = b;
+    }
+    if (enc && !(m->body_encoding = dup_text(d, enc)))
+        return;
+    m->body_packable = 1;
 }
 
 /* out is overwritten (zeroed first, nothing in it is freed); on any return
@@ -436,7 +482,11 @@ int task_message_decode(const char *envelope, size_t len, const struct task_mess
     /* The envelope. */
     struct decode_limits el = {lim->max_message_bytes, lim->max_depth, lim->max_items};
     char why[256] = "";
-    int rc = json_decode_lifting(envelope ? envelope : "", len, "body", &el, &env, why, sizeof why);
+    /* The main process (headers_only) never copies a lifted body: it stays
+     * in the envelope, where task_message_pack() points to it. */
+    struct json_lifted lifted = {0};
+    int rc = json_decode_lifting(envelope ? envelope : "", len, "body", &el, &env, why, sizeof why,
+                                 lim->headers_only ? &lifted : NULL);
     if (rc < 0) {
         fail(&d, rc, "envelope: %s", why[0] ? why : celeriac_strerror(rc));
         goto out;
@@ -520,9 +570,11 @@ int task_message_decode(const char *envelope, size_t len, const struct task_mess
         out->body_pending = 1;
         if (!out->id)
             fail(&d, CELERIAC_EPARSE, "message has no task id (headers.id, correlation_id)");
+        else
+            keep_body(&d, env, &lifted, props);
         goto out;
     }
-    body = decode_body(&d, env, props, ser, lim);
+    body = decode_body(&d, envelope, env, &lifted, props, ser, lim);
     if (d.rc)
         goto out;
 
@@ -551,6 +603,232 @@ out:
     return d.rc;
 }
 
+/* ---- The hand-off to a pool process ----------------------------------------
+ * u32 n, then n bytes: u8 PACK_VERSION, struct pack_scalars, each of
+ * pack_strings (u32 length, or PACK_NULL, then the bytes), body_encoding the
+ * same way, and with body_inline the body's text the same way (else it is
+ * envelope[body_off .. + body_len]). The envelope follows. Both ends are the
+ * same binary (the pool forks), so numbers travel in their native form. */
+
+#define PACK_VERSION 1
+#define PACK_NULL UINT32_MAX
+
+struct pack_scalars {
+    int32_t protocol, retries, has_group_index, ignore_result, redelivered, priority;
+    int32_t body_inline, unused;
+    int64_t group_index;
+    double eta, expires, time_limit, soft_time_limit;
+    uint64_t body_off, body_len;
+};
+
+static const size_t pack_strings[] = {
+    offsetof(struct task_message, id),           offsetof(struct task_message, task),
+    offsetof(struct task_message, shadow),       offsetof(struct task_message, root_id),
+    offsetof(struct task_message, parent_id),    offsetof(struct task_message, group),
+    offsetof(struct task_message, origin),       offsetof(struct task_message, argsrepr),
+    offsetof(struct task_message, kwargsrepr),   offsetof(struct task_message, content_type),
+    offsetof(struct task_message, content_encoding),
+    offsetof(struct task_message, compression),  offsetof(struct task_message, correlation_id),
+    offsetof(struct task_message, reply_to),     offsetof(struct task_message, delivery_tag),
+    offsetof(struct task_message, exchange),     offsetof(struct task_message, routing_key),
+    offsetof(struct task_message, body_encoding),
+};
+#define NPACK_STRINGS (sizeof pack_strings / sizeof pack_strings[0])
+
+static char **string_field(struct task_message *m, size_t i)
+{
+    return (char **)(void *)((char *)m + pack_strings[i]);
+}
+
+static int pack_bytes(struct buf *out, const char *p, size_t n)
+{
+    uint32_t len = p ? (uint32_t)n : PACK_NULL;
+    if (p && n >= PACK_NULL)
+        return CELERIAC_EINVAL;
+    if (buf_append(out, &len, sizeof len) < 0 || (p && buf_append(out, p, n) < 0))
+        return CELERIAC_ENOMEM;
+    return 0;
+}
+
+int task_message_pack(const struct task_message *m, struct buf *out)
+{
+    if (!m || !out || m->protocol != 2 || !m->body_pending || !m->body_packable)
+        return CELERIAC_EINVAL;
+    size_t start = out->len;
+    struct pack_scalars sc = {
+        .protocol = m->protocol, .retries = m->retries, .has_group_index = m->has_group_index,
+        .ignore_result = m->ignore_result, .redelivered = m->redelivered,
+        .priority = m->priority, .body_inline = m->body_text != NULL,
+        .group_index = m->group_index, .eta = m->eta, .expires = m->expires,
+        .time_limit = m->time_limit, .soft_time_limit = m->soft_time_limit,
+        .body_off = m->body_off, .body_len = m->body_len};
+    uint32_t n = 0;
+    unsigned char version = PACK_VERSION;
+    int rc = 0;
+    if (buf_append(out, &n, sizeof n) < 0 || buf_append(out, &version, 1) < 0 ||
+        buf_append(out, &sc, sizeof sc) < 0)
+        rc = CELERIAC_ENOMEM;
+    for (size_t i = 0; i < NPACK_STRINGS && rc == 0; i++) {
+        const char *f = *string_field((struct task_message *)m, i);
+        rc = pack_bytes(out, f, f ? strlen(f) : 0);
+    }
+    if (rc == 0 && m->body_text)
+        rc = pack_bytes(out, m->body_text->u.s.p, m->body_text->u.s.len);
+    if (rc == 0 && out->len - start - sizeof n >= PACK_NULL)
+        rc = CELERIAC_EINVAL;
+    if (rc < 0) {
+        out->len = start;
+        return rc;
+    }
+    n = (uint32_t)(out->len - start - sizeof n);
+    memcpy(out->p + start, &n, sizeof n);
+    return 0;
+}
+
+int task_message_packed_envelope(const char *packed, size_t len, const char **envelope,
+                                 size_t *envelope_len)
+{
+    uint32_t n;
+    if (!packed || len < sizeof n)
+        return CELERIAC_EPARSE;
+    memcpy(&n, packed, sizeof n);
+    if (n > len - sizeof n)
+        return CELERIAC_EPARSE;
+    *envelope = packed + sizeof n + n;
+    *envelope_len = len - sizeof n - n;
+    return 0;
+}
+
+/* Reads one packed string: 1 with *p (NULL for PACK_NULL) and *n, 0 when the
+ * pack ends too soon. */
+static int unpack_bytes(const char **q, const char *end, const char **p, size_t *n)
+{
+    uint32_t len;
+    if ((size_t)(end - *q) < sizeof len)
+        return 0;
+    memcpy(&len, *q, sizeof len);
+    *q += sizeof len;
+    if (len == PACK_NULL) {
+        *p = NULL;
+        *n = 0;
+        return 1;
+    }
+    if (len > (size_t)(end - *q))
+        return 0;
+    *p = *q;
+    *n = len;
+    *q += len;
+    return 1;
+}
+
+/* The fast path of task_message_decode_packed(): 1 when out is complete, 0
+ * when the full decode of the envelope must decide (out is cleared then). */
+static int decode_packed_fast(const char *packed, const char *env, size_t env_len,
+                              const struct task_message_limits *lim, struct task_message *out)
+{
+    struct dec d = {out, NULL, 0, 0};
+    const char *q = packed + sizeof(uint32_t), *end = env, *text = NULL;
+    size_t n = 0;
+    struct pack_scalars sc;
+    celeriac_value *body = NULL;
+    if ((size_t)(end - q) < 1 + sizeof sc || *q != PACK_VERSION)
+        return 0;
+    memcpy(&sc, q + 1, sizeof sc);
+    q += 1 + sizeof sc;
+    if (sc.protocol != 2)
+        return 0;
+    for (size_t i = 0; i < NPACK_STRINGS; i++) {
+        const char *p;
+        size_t len;
+        if (!unpack_bytes(&q, end, &p, &len))
+            goto fallback;
+        if (p && !(*string_field(out, i) = dup_bytes(&d, p, len)))
+            goto fallback;
+    }
+    if (sc.body_inline) {
+        if (!unpack_bytes(&q, end, &text, &n) || !text)
+            goto fallback;
+    } else if (sc.body_off > env_len || sc.body_len > env_len - sc.body_off) {
+        goto fallback;
+    } else {
+        text = env + sc.body_off;
+        n = (size_t)sc.body_len;
+    }
+    if (q != end || !out->id || !out->task)
+        goto fallback;
+    out->protocol = 2;
+    out->retries = sc.retries;
+    out->has_group_index = sc.has_group_index;
+    out->ignore_result = sc.ignore_result;
+    out->redelivered = sc.redelivered;
+    out->priority = sc.priority;
+    out->group_index = (long)sc.group_index;
+    out->eta = sc.eta;
+    out->expires = sc.expires;
+    out->time_limit = sc.time_limit;
+    out->soft_time_limit = sc.soft_time_limit;
+    const struct serializer *ser = NULL;
+    if (!out->content_type || serializer_for_content_type(out->content_type, &ser) != SERIALIZER_OK)
+        goto fallback;
+    body = decode_body_text(&d, text, n, out->body_encoding, ser, lim);
+    if (d.rc || body->type != CELERIAC_ARRAY)
+        goto fallback; /* errors and hybrid bodies: as the full decode says */
+    read_v2_body(&d, body);
+    celeriac_value_free(body);
+    body = NULL;
+    if (d.rc)
+        goto fallback;
+    free_field(out, out->body_encoding);
+    out->body_encoding = NULL;
+    return 1;
+fallback:
+    celeriac_value_free(body);
+    task_message_clear(out);
+    return 0;
+}
+
+int task_message_decode_packed(const char *packed, size_t len,
+                               const struct task_message_limits *lim, struct task_message *out,
+                               char *err, size_t errlen)
+{
+    const char *env;
+    size_t env_len;
+    if (!out)
+        return CELERIAC_EINVAL;
+    memset(out, 0, sizeof *out);
+    if (err && errlen)
+        err[0] = '\0';
+    if (!lim)
+        lim = &task_message_limits_default;
+    if (task_message_packed_envelope(packed, len, &env, &env_len) < 0) {
+        struct dec d = {out, err, errlen, 0};
+        fail(&d, CELERIAC_EPARSE, "malformed packed message (%zu bytes)", len);
+        return d.rc;
+    }
+    struct task_message_limits full = *lim;
+    full.headers_only = 0;
+    if (env_len <= full.max_message_bytes && decode_packed_fast(packed, env, env_len, &full, out))
+        return 0;
+    return task_message_decode(env, env_len, &full, out, err, errlen);
+}
+
+int task_message_load_headers(struct task_message *m, const char *envelope, size_t len,
+                              const struct task_message_limits *lim)
+{
+    if (!m || m->headers)
+        return 0;
+    struct task_message t;
+    struct task_message_limits h = lim ? *lim : task_message_limits_default;
+    h.headers_only = 1;
+    int rc = task_message_decode(envelope, len, &h, &t, NULL, 0);
+    if (rc == 0) {
+        m->headers = t.headers;
+        t.headers = NULL;
+    }
+    task_message_clear(&t);
+    return rc;
+}
+
 void task_message_clear(struct task_message *m)
 {
     if (!m)
@@ -559,7 +837,7 @@ void task_message_clear(struct task_message *m)
                      &m->parent_id,   &m->group,          &m->origin,         &m->argsrepr,
                      &m->kwargsrepr,  &m->content_type,   &m->content_encoding, &m->compression,
                      &m->correlation_id, &m->reply_to,    &m->delivery_tag,   &m->exchange,
-                     &m->routing_key};
+                     &m->routing_key, &m->body_encoding};
     for (size_t i = 0; i < sizeof strs / sizeof *strs; i++)
         free_field(m, *strs[i]);
     free(m->strings);
@@ -567,6 +845,7 @@ void task_message_clear(struct task_message *m)
     celeriac_value_free(m->kwargs);
     celeriac_value_free(m->embed);
     celeriac_value_free(m->headers);
+    celeriac_value_free(m->body_text);
     memset(m, 0, sizeof *m);
 }
 

@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include "celeriac.h"
 #include "serializer.h"
+#include "util.h"
 
 struct task_message_limits {
     size_t max_message_bytes; /* whole envelope */
@@ -51,6 +52,13 @@ struct task_message {
     char *routing_key;     /* delivery_info.routing_key */
     int priority;          /* properties.priority, clamped to 0..255 */
     int body_pending;      /* decoded with headers_only: args/kwargs/embed not read yet */
+    /* With body_pending: the body, kept for task_message_pack() when it is a
+     * string (body_packable 1). Either body_text (owned) holds it, or it is
+     * envelope[body_off .. body_off + body_len), exactly as sent. */
+    int body_packable;
+    celeriac_value *body_text;
+    size_t body_off, body_len;
+    char *body_encoding;   /* properties.body_encoding, with body_packable */
     /* Decoded values, owned: args ARRAY, kwargs OBJECT, embed OBJECT with
      * callbacks/errbacks/chain/chord (null members when absent), headers the
      * whole headers OBJECT (custom keys included). */
@@ -72,6 +80,30 @@ struct task_message {
  * args/kwargs are unwrapped to their text form. */
 int task_message_decode(const char *envelope, size_t len, const struct task_message_limits *lim,
                         struct task_message *out, char *err, size_t errlen);
+/* The hand-off from the main process to a pool process, which then does
+ * not decode the envelope again: a packed message is everything a
+ * headers_only decode found, followed by the envelope itself.
+ *
+ * task_message_pack() appends to out the part before the envelope, for m
+ * (a headers_only decode of envelope, body_packable set). Returns 0, or
+ * CELERIAC_EINVAL when m cannot be packed (the caller sends the envelope
+ * alone), CELERIAC_ENOMEM. */
+int task_message_pack(const struct task_message *m, struct buf *out);
+/* Decodes a packed message (pack, then the envelope, len bytes in all) into
+ * out, body included: the same outcome as task_message_decode() of the
+ * envelope with lim, which it falls back to for anything but a well-formed
+ * protocol 2 body, except that out->headers stays NULL (see
+ * task_message_load_headers()). Malformed packs give CELERIAC_EPARSE. */
+int task_message_decode_packed(const char *packed, size_t len,
+                               const struct task_message_limits *lim, struct task_message *out,
+                               char *err, size_t errlen);
+/* The envelope inside a packed message; 0, or CELERIAC_EPARSE. */
+int task_message_packed_envelope(const char *packed, size_t len, const char **envelope,
+                                 size_t *envelope_len);
+/* Sets m->headers from the envelope when it is NULL (after
+ * task_message_decode_packed()). Returns 0 or the decode's negative code. */
+int task_message_load_headers(struct task_message *m, const char *envelope, size_t len,
+                              const struct task_message_limits *lim);
 /* Frees everything in m and zeroes it. Accepts a zeroed struct. */
 void task_message_clear(struct task_message *m);
 /* The name shown in logs and events: shadow if set, else task. */

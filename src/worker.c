@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -857,7 +858,16 @@ static void dispatch(struct worker *w)
             flags |= EXEC_QUEUED;
         else if (!w->events.task_events)
             flags |= EXEC_QUIET_START; /* its STARTED changes nothing here */
-        if (pool_post(c, flags, j->envelope, j->len, j) < 0) {
+        /* What this process decoded travels with the envelope: the pool
+         * process decodes only the body (see task_message_pack()). */
+        struct iovec iov[2] = {{NULL, 0}, {j->envelope, j->len}};
+        w->pack.len = 0;
+        if (task_message_pack(&j->msg, &w->pack) == 0) {
+            flags |= EXEC_PACKED;
+            iov[0].iov_base = w->pack.p;
+            iov[0].iov_len = w->pack.len;
+        }
+        if (pool_postv(c, flags, iov, 2, j) < 0) {
             /* The child is gone; keep the job for the next one. */
             log_warning("pool process %d did not take a job; replacing it", (int)c->pid);
             ready_push(w, j);
@@ -2138,6 +2148,7 @@ void worker_free(struct worker *w)
         c->nqueued = 0;
     }
     pool_free(&w->pool);
+    buf_free(&w->pack);
     for (size_t i = 0; i < w->pending_acks.len; i++)
         free(w->pending_acks.tags[i]);
     free(w->pending_acks.tags);

@@ -118,6 +118,7 @@ struct worker {
     double cold_deadline;                /* monotonic: soft shutdown ends, 0 = not in one */
     double last_scale;                   /* monotonic: last autoscale change */
     long autoscale_max, autoscale_min;   /* from --autoscale or the autoscale command; 0 = off */
+    struct buf pack;                     /* owned: scratch for task_message_pack() in dispatch */
 };
 
 

@@ -1,4 +1,4 @@
-/* fuzz_task_message.c - libFuzzer target for the pure decoders: task_message_decode(), the JSON and msgpack serializers, base64 and decompression.
+/* fuzz_task_message.c - libFuzzer target for the pure decoders: task_message_decode() (and the packed hand-off to pool processes), the JSON and msgpack serializers, base64 and decompression.
  *
  * Run (clang only):
  *   CC=clang cmake -S . -B /tmp/build-fuzz -DCELERIAC_FUZZ=ON -DCELERIAC_ASAN=ON \
@@ -43,6 +43,42 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     task_message_clear(&m);
     task_message_decode((const char *)data, size, &hlim, &m, err, sizeof err);
+    /* The packed hand-off to a pool process gives what the full decode gives. */
+    struct buf pk = {0};
+    if (task_message_pack(&m, &pk) == 0 && buf_append(&pk, data, size) == 0) {
+        struct task_message f, p;
+        char ef[256] = "", ep[256] = "";
+        int rf = task_message_decode((const char *)data, size, &tlim, &f, ef, sizeof ef);
+        int rp = task_message_decode_packed(pk.p, pk.len, &tlim, &p, ep, sizeof ep);
+        if (rf != rp || strcmp(ef, ep) != 0)
+            abort();
+        const char *fs[] = {f.id, f.task, f.parent_id, f.root_id, f.group, f.delivery_tag,
+                            f.reply_to, f.content_type, f.compression, f.argsrepr};
+        const char *ps[] = {p.id, p.task, p.parent_id, p.root_id, p.group, p.delivery_tag,
+                            p.reply_to, p.content_type, p.compression, p.argsrepr};
+        for (size_t i = 0; i < sizeof fs / sizeof fs[0]; i++)
+            if ((fs[i] == NULL) != (ps[i] == NULL) || (fs[i] && strcmp(fs[i], ps[i]) != 0))
+                abort();
+        if (f.retries != p.retries || f.expires != p.expires || f.eta != p.eta ||
+            f.time_limit != p.time_limit || f.ignore_result != p.ignore_result)
+            abort();
+        const celeriac_value *fv[] = {f.args, f.kwargs, f.embed}, *pv[] = {p.args, p.kwargs, p.embed};
+        for (size_t i = 0; i < 3; i++) {
+            char *a = fv[i] ? celeriac_value_to_json(fv[i]) : NULL;
+            char *b = pv[i] ? celeriac_value_to_json(pv[i]) : NULL;
+            if ((a == NULL) != (b == NULL) || (a && strcmp(a, b) != 0))
+                abort();
+            free(a);
+            free(b);
+        }
+        task_message_clear(&f);
+        task_message_clear(&p);
+    }
+    buf_free(&pk);
+    task_message_clear(&m);
+    /* The input as a packed message itself (never sent by anyone but the
+     * main process; still bounded). */
+    task_message_decode_packed((const char *)data, size, &tlim, &m, err, sizeof err);
     task_message_clear(&m);
 
     /* The input as a body inside a well-formed envelope, so that the body
@@ -86,7 +122,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         celeriac_value *a = NULL, *b = NULL;
         char ea[256] = "", eb[256] = "";
         int ra = serializer_json.decode(t.p, t.len, &dlim, &a, ea, sizeof ea);
-        int rb = json_decode_lifting(t.p, t.len, "body", &dlim, &b, eb, sizeof eb);
+        int rb = json_decode_lifting(t.p, t.len, "body", &dlim, &b, eb, sizeof eb, NULL);
         char *ja = a ? celeriac_value_to_json(a) : NULL, *jb = b ? celeriac_value_to_json(b) : NULL;
         if (ra != rb || strcmp(ea, eb) != 0 || (ja == NULL) != (jb == NULL) ||
             (ja && strcmp(ja, jb) != 0))

@@ -367,6 +367,8 @@ TEST(content_types)
     CHECK_EQ_INT(decode_limits_default.max_items, 1000000);
 }
 
+static int lifted_in_place; /* cases same_as_plain() saw lifted with where */
+
 /* json_decode_lifting() must be indistinguishable from the plain decode:
  * same code, same error text, same value (compared as encoded JSON). */
 static void same_as_plain(const char *s, size_t n, const struct decode_limits *lim)
@@ -374,7 +376,7 @@ static void same_as_plain(const char *s, size_t n, const struct decode_limits *l
     celeriac_value *a = NULL, *b = NULL;
     char ea[256] = "", eb[256] = "";
     int ra = serializer_json.decode(s, n, lim, &a, ea, sizeof ea);
-    int rb = json_decode_lifting(s, n, "body", lim, &b, eb, sizeof eb);
+    int rb = json_decode_lifting(s, n, "body", lim, &b, eb, sizeof eb, NULL);
     CHECK_EQ_INT(rb, ra);
     CHECK_STR(eb, ea);
     char *ja = a ? celeriac_value_to_json(a) : NULL, *jb = b ? celeriac_value_to_json(b) : NULL;
@@ -385,6 +387,29 @@ static void same_as_plain(const char *s, size_t n, const struct decode_limits *l
         fprintf(stderr, "  input (%zu bytes): %.300s\n", n, s);
     free(ja);
     free(jb);
+    /* Left in place (where): the member is "" and its text is where says. */
+    celeriac_value *c = NULL;
+    char ec[256] = "";
+    struct json_lifted at = {0};
+    int rc = json_decode_lifting(s, n, "body", lim, &c, ec, sizeof ec, &at);
+    CHECK_EQ_INT(rc, ra);
+    CHECK_STR(ec, ea);
+    if (rc == 0 && at.found) {
+        const celeriac_value *pb = celeriac_value_get(a, "body");
+        CHECK(celeriac_value_type(pb) == CELERIAC_STRING && at.len == pb->u.s.len &&
+              at.off + at.len <= n && memcmp(s + at.off, pb->u.s.p, at.len) == 0);
+        celeriac_value *empty = celeriac_value_new_string("");
+        CHECK_EQ_INT(celeriac_value_set(a, "body", empty), 0);
+        lifted_in_place++;
+    }
+    ja = a ? celeriac_value_to_json(a) : NULL;
+    jb = c ? celeriac_value_to_json(c) : NULL;
+    CHECK((ja == NULL) == (jb == NULL));
+    if (ja && jb)
+        CHECK_STR(jb, ja);
+    free(ja);
+    free(jb);
+    celeriac_value_free(c);
     celeriac_value_free(a);
     celeriac_value_free(b);
 }
@@ -501,6 +526,7 @@ TEST(json_lifting_agrees_with_the_plain_decode)
         }
         same_as_plain(m, mn, NULL);
     }
+    CHECK(lifted_in_place >= 1000);
     free(m);
     free(env);
     buf_free(&b);

@@ -556,3 +556,256 @@ TEST(headers_only_leaves_body_for_the_pool)
     free(pickle);
     free(env);
 }
+
+/* ---- The packed hand-off (main process -> pool process) -------------------- */
+
+static int handoff_fast; /* packed decodes that did not fall back */
+static int handoff_packed;
+
+static void check_same_str(const char *what, const char *a, const char *b)
+{
+    if ((a == NULL) != (b == NULL) || (a && strcmp(a, b) != 0)) {
+        fprintf(stderr, "  %s: packed '%s', full '%s'\n", what, a ? a : "(null)",
+                b ? b : "(null)");
+        CHECK(0);
+    }
+}
+
+static void check_same_value(const char *what, const celeriac_value *a, const celeriac_value *b)
+{
+    char *ja = a ? celeriac_value_to_json(a) : NULL, *jb = b ? celeriac_value_to_json(b) : NULL;
+    check_same_str(what, ja, jb);
+    free(ja);
+    free(jb);
+}
+
+/* What the pool process gets from a packed hand-off must be what it got from
+ * decoding the envelope itself: code, error text, every field, the body's
+ * values, and (loaded on demand) the headers. */
+static void check_handoff(const char *env, size_t n, const struct task_message_limits *lim)
+{
+    struct task_message_limits full_lim = *lim, head_lim = *lim;
+    full_lim.headers_only = 0;
+    head_lim.headers_only = 1;
+    struct task_message f, h, p;
+    char ef[256] = "", eh[256] = "", ep[256] = "";
+    int rf = task_message_decode(env, n, &full_lim, &f, ef, sizeof ef);
+    int rh = task_message_decode(env, n, &head_lim, &h, eh, sizeof eh);
+    struct buf b = {0};
+    if (rh == 0 && task_message_pack(&h, &b) == 0) {
+        handoff_packed++;
+        CHECK_EQ_INT(buf_append(&b, env, n), 0);
+        int rp = task_message_decode_packed(b.p, b.len, &full_lim, &p, ep, sizeof ep);
+        if (rp == 0 && !p.headers)
+            handoff_fast++;
+        CHECK_EQ_INT(rp, rf);
+        check_same_str("error", ep, ef);
+        if (rp != rf || strcmp(ep, ef) != 0)
+            fprintf(stderr, "  input (%zu bytes): %.300s\n", n, env);
+        const char *names[] = {"id", "task", "shadow", "root_id", "parent_id", "group",
+                               "origin", "argsrepr", "kwargsrepr", "content_type",
+                               "content_encoding", "compression", "correlation_id", "reply_to",
+                               "delivery_tag", "exchange", "routing_key", "body_encoding"};
+        const char *pf[] = {p.id, p.task, p.shadow, p.root_id, p.parent_id, p.group, p.origin,
+                            p.argsrepr, p.kwargsrepr, p.content_type, p.content_encoding,
+                            p.compression, p.correlation_id, p.reply_to, p.delivery_tag,
+                            p.exchange, p.routing_key, p.body_encoding};
+        const char *ff[] = {f.id, f.task, f.shadow, f.root_id, f.parent_id, f.group, f.origin,
+                            f.argsrepr, f.kwargsrepr, f.content_type, f.content_encoding,
+                            f.compression, f.correlation_id, f.reply_to, f.delivery_tag,
+                            f.exchange, f.routing_key, f.body_encoding};
+        for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+            check_same_str(names[i], pf[i], ff[i]);
+        CHECK_EQ_INT(p.protocol, f.protocol);
+        CHECK_EQ_INT(p.retries, f.retries);
+        CHECK_EQ_INT(p.has_group_index, f.has_group_index);
+        CHECK_EQ_INT(p.group_index, f.group_index);
+        CHECK_EQ_INT(p.ignore_result, f.ignore_result);
+        CHECK_EQ_INT(p.redelivered, f.redelivered);
+        CHECK_EQ_INT(p.priority, f.priority);
+        CHECK_EQ_INT(p.body_pending, f.body_pending);
+        CHECK(p.eta == f.eta && p.expires == f.expires && p.time_limit == f.time_limit &&
+              p.soft_time_limit == f.soft_time_limit);
+        check_same_value("args", p.args, f.args);
+        check_same_value("kwargs", p.kwargs, f.kwargs);
+        check_same_value("embed", p.embed, f.embed);
+        const char *e = NULL;
+        size_t en = 0;
+        CHECK_EQ_INT(task_message_packed_envelope(b.p, b.len, &e, &en), 0);
+        CHECK(en == n && memcmp(e, env, n) == 0);
+        if (rp == 0) {
+            CHECK_EQ_INT(task_message_load_headers(&p, e, en, &full_lim), 0);
+            check_same_value("headers", p.headers, f.headers);
+        }
+        task_message_clear(&p);
+    }
+    buf_free(&b);
+    task_message_clear(&f);
+    task_message_clear(&h);
+}
+
+TEST(packed_handoff_is_the_full_decode)
+{
+    const struct task_message_limits *lim = &task_message_limits_default;
+    /* Every capture of real Celery. */
+    size_t len;
+    char *text = test_fixture("index.json", &len);
+    celeriac_value *index = celeriac_value_from_json(text, len);
+    free(text);
+    int fixtures = 0;
+    for (size_t i = 0; i < celeriac_value_len(index); i++) {
+        const char *file = value_get_str(celeriac_value_at(index, i), "file");
+        if (!file || strncmp(file, "task-", 5) != 0)
+            continue;
+        char *env = test_fixture(file, &len);
+        int before = handoff_fast;
+        check_handoff(env, len, lim);
+        /* Protocol 2 captures in an allowed content type take the fast path. */
+        if (strstr(file, "-v2-") && !strstr(file, "pickle") && !strstr(file, "yaml") &&
+            handoff_fast == before)
+            fprintf(stderr, "  %s: not packed\n", file);
+        fixtures += handoff_fast > before;
+        free(env);
+    }
+    celeriac_value_free(index);
+    CHECK(fixtures >= 10);
+
+    /* Bodies of every kind inside one envelope. */
+    char big[2000];
+    memset(big, 'a', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    struct buf longargs = {0};
+    buf_printf(&longargs, "[[\"%s\"], {}, {}]", big);
+    const char *bodies[] = {
+        "[[1, 2], {}, {\"callbacks\": null, \"errbacks\": null, \"chain\": null, \"chord\": null}]",
+        "[[], {\"x\": [1, 2.5, \"\\u00e9\"]}]", "[[1]]", "[]", longargs.p,
+        "{\"args\": [1], \"kwargs\": {}, \"retries\": 2}", /* hybrid: headers win */
+        "[[1], {}, {}, 4]", "[\"x\", {}, {}]", "[[1], [], {}]", "[[1], {}, 3]", "not json",
+        "[[1], {}, {}] trailing", "\"a string\"", "null", "",
+    };
+    int fast_before = handoff_fast;
+    for (size_t i = 0; i < sizeof bodies / sizeof bodies[0]; i++) {
+        for (int ct = 0; ct < 2; ct++) {
+            char *e = envelope(bodies[i], ct ? ", \"retries\": 1, \"timelimit\": [10, null]" : "",
+                               "application/json");
+            check_handoff(e, strlen(e), lim);
+            free(e);
+        }
+    }
+    CHECK(handoff_fast - fast_before >= 10);
+    buf_free(&longargs);
+
+    /* Envelopes whose body the main process cannot hand over as it is. */
+    const char *raw[] = {
+        /* body_encoding absent: the body text is the JSON itself */
+        "{\"body\": \"[[1], {}, {}]\", \"content-type\": \"application/json\", \"headers\": "
+        "{\"task\": \"t\", \"id\": \"i\"}, \"properties\": {\"delivery_tag\": \"d\"}}",
+        /* escapes in the body: not lifted, the parsed text travels */
+        "{\"body\": \"[[\\\"a\\\\nb\\\"], {}, {}]\", \"content-type\": \"application/json\", "
+        "\"headers\": {\"task\": \"t\", \"id\": \"i\"}, \"properties\": {\"body_encoding\": "
+        "\"utf-8\"}}",
+        /* body_encoding of the wrong type, unknown, or bad base64 */
+        "{\"body\": \"W1tdXQ==\", \"content-type\": \"application/json\", \"headers\": {\"task\": "
+        "\"t\", \"id\": \"i\"}, \"properties\": {\"body_encoding\": 5}}",
+        "{\"body\": \"W1tdXQ==\", \"content-type\": \"application/json\", \"headers\": {\"task\": "
+        "\"t\", \"id\": \"i\"}, \"properties\": {\"body_encoding\": \"rot13\"}}",
+        "{\"body\": \"W1t!XQ==\", \"content-type\": \"application/json\", \"headers\": {\"task\": "
+        "\"t\", \"id\": \"i\"}, \"properties\": {\"body_encoding\": \"base64\"}}",
+        /* a body that is not a string */
+        "{\"body\": [[1], {}, {}], \"content-type\": \"application/json\", \"headers\": "
+        "{\"task\": \"t\", \"id\": \"i\"}, \"properties\": {}}",
+        /* compression it cannot undo */
+        "{\"body\": \"W1tdXQ==\", \"content-type\": \"application/json\", \"headers\": {\"task\": "
+        "\"t\", \"id\": \"i\", \"compression\": \"application/x-lzma\"}, \"properties\": "
+        "{\"body_encoding\": \"base64\"}}",
+    };
+    for (size_t i = 0; i < sizeof raw / sizeof raw[0]; i++)
+        check_handoff(raw[i], strlen(raw[i]), lim);
+
+    /* Caps: the same limits on both sides give the same outcome. */
+    char *e = envelope("[[[[[[1]]]]], {\"a\": [1, 2, 3, 4, 5, 6]}, {}]", "", "application/json");
+    struct task_message_limits small = *lim;
+    small.max_depth = 4;
+    check_handoff(e, strlen(e), &small);
+    small = *lim;
+    small.max_items = 8;
+    check_handoff(e, strlen(e), &small);
+    small = *lim;
+    small.max_body_bytes = 10;
+    check_handoff(e, strlen(e), &small);
+    free(e);
+
+    /* Random damage to two real envelopes, a short body and a long one. */
+    char *bases[2];
+    bases[0] = envelope("[[2, 3], {}, {\"callbacks\": null, \"errbacks\": null, \"chain\": null, "
+                        "\"chord\": null}]",
+                        ", \"retries\": 0, \"eta\": null, \"expires\": null, \"group\": null, "
+                        "\"timelimit\": [null, null], \"root_id\": \"r\", \"argsrepr\": \"(2, 3)\"",
+                        "application/json");
+    struct buf lb = {0};
+    buf_printf(&lb, "[[\"%.600s\"], {}, {}]", big);
+    bases[1] = envelope(lb.p, "", "application/json");
+    buf_free(&lb);
+    unsigned seed = 7;
+    int packed_before = handoff_packed;
+    for (int k = 0; k < 2; k++) {
+        size_t bn = strlen(bases[k]);
+        char *m = malloc(bn + 8);
+        for (int iter = 0; iter < 1500 && m; iter++) {
+            memcpy(m, bases[k], bn);
+            size_t mn = bn;
+            for (int d = 0; d < 1 + iter % 3; d++) {
+                seed = seed * 1103515245u + 12345u;
+                size_t at = (seed >> 8) % mn;
+                static const char bytes[] = "\"\\{}[],: x1\x01\xc3";
+                char c = bytes[(seed >> 4) % (sizeof bytes - 1)];
+                if (seed % 3 == 0)
+                    m[at] = c;
+                else if (seed % 3 == 1 && mn > 1)
+                    memmove(m + at, m + at + 1, mn-- - at - 1);
+                else {
+                    memmove(m + at + 1, m + at, mn++ - at);
+                    m[at] = c;
+                }
+            }
+            check_handoff(m, mn, lim);
+        }
+        free(m);
+        free(bases[k]);
+    }
+    CHECK(handoff_packed - packed_before >= 300);
+}
+
+TEST(packed_handoff_rejects_malformed_packs)
+{
+    struct task_message m;
+    char err[256];
+    CHECK_EQ_INT(task_message_decode_packed("", 0, NULL, &m, err, sizeof err), CELERIAC_EPARSE);
+    task_message_clear(&m);
+    CHECK_EQ_INT(task_message_decode_packed("\xff\xff\xff\x7f{}", 6, NULL, &m, err, sizeof err),
+                 CELERIAC_EPARSE);
+    CHECK(strstr(err, "malformed packed message") != NULL);
+    task_message_clear(&m);
+    /* A pack the envelope can be found behind, but garbage itself: the
+     * envelope decides. */
+    char *e = envelope("[[1], {}, {}]", "", "application/json");
+    struct buf b = {0};
+    uint32_t n = 3;
+    buf_append(&b, &n, sizeof n);
+    buf_append(&b, "\x01zz", 3);
+    buf_puts(&b, e);
+    CHECK_EQ_INT(task_message_decode_packed(b.p, b.len, NULL, &m, err, sizeof err), 0);
+    CHECK_STR(m.id, "id-1");
+    CHECK(m.headers != NULL); /* came from the full decode */
+    check_json(m.args, "[1]");
+    task_message_clear(&m);
+    /* Not packable: a full decode, or headers only of protocol 1. */
+    struct task_message_limits lim = task_message_limits_default;
+    CHECK_EQ_INT(task_message_decode(e, strlen(e), &lim, &m, err, sizeof err), 0);
+    b.len = 0;
+    CHECK_EQ_INT(task_message_pack(&m, &b), CELERIAC_EINVAL);
+    CHECK_EQ_INT(b.len, 0);
+    task_message_clear(&m);
+    buf_free(&b);
+    free(e);
+}
