@@ -60,6 +60,39 @@ def test_killing_main_pid_takes_pool_children(make_worker, redis_factory, app_fa
              f"pool processes {kids} to exit after the main process died")
 
 
+def test_killing_main_pid_loses_no_result(make_worker, redis_factory, app_factory):
+    """kill -9 of only the main process in the middle of a flood of `add` (early ack):
+    no task may be lost. Each one has a stored result, or its message is still in
+    the queue or in unacked (restored after the visibility timeout). Results the
+    main process held to store in its next batch are stored by the pool processes
+    that produced them, which outlive it for that."""
+    redis = redis_factory()
+    app = app_factory(redis)
+    n = 6000
+    w = make_worker(redis, concurrency=2, start=False)
+    with app.producer_or_acquire() as producer:
+        ids = [app.send_task("examples.add", args=(i, i), producer=producer).id
+               for i in range(n)]
+    backend = redis.client(1)
+    broker = redis.client(0)
+    w.start()
+    wait_for(lambda: backend.dbsize() >= 1500, 60, "1500 results stored")
+    kids = child_pids(w.pid)
+    w.kill9(group=False)
+    wait_for(lambda: not any(pid_alive(k) for k in kids), 10,
+             f"pool processes {kids} to exit after the main process died")
+    stored = {i for i, v in zip(ids, backend.mget([f"celery-task-meta-{i}" for i in ids]))
+              if v is not None}
+    queued = {json.loads(m)["headers"]["id"] for m in broker.lrange("celery", 0, -1)}
+    unacked = {json.loads(v)[0]["headers"]["id"] for v in broker.hvals("unacked")}
+    lost = [i for i in ids if i not in stored and i not in queued and i not in unacked]
+    assert len(stored) < n, "the kill came after the last task: nothing was tested"
+    assert not lost, (f"{len(lost)} of {n} tasks lost (stored {len(stored)}, queued "
+                      f"{len(queued)}, unacked {len(unacked)}), e.g. {lost[:3]}")
+    assert all(json.loads(v)["status"] == "SUCCESS"
+               for v in backend.mget([f"celery-task-meta-{i}" for i in stored]))
+
+
 def test_warm_shutdown_finishes_running_task(make_worker, redis_factory, app_factory):
     """SIGTERM while a task runs: the task completes, then the worker exits 0."""
     redis = redis_factory()

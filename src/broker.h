@@ -46,17 +46,15 @@ struct broker_ops {
     /* Completes a fetch when fetch_fd is readable: 1 = message in *out (caller
      * frees out->body), 0 = none yet (timeout or partial read), negative on error. */
     int (*fetch_read)(struct broker *b, struct broker_delivery *out);
-    /* Asks for up to n_free + n_reserve waiting messages at once, in the order
-     * BRPOP would serve them, without blocking the queues or the caller. The
-     * first n_free are not recorded as unacknowledged (the caller hands them to
-     * a process at once with an early ack); the others are, atomically with
-     * the pop. The nacks delivery tags (borrowed for the call) are acknowledged
+    /* Asks for up to n waiting messages at once, in the order BRPOP would
+     * serve them, without blocking the queues or the caller. Each is recorded
+     * as unacknowledged atomically with the pop. The nacks delivery tags (borrowed for the call) are acknowledged
      * first, in the same round trip. The reply is read by fetch_batch_read()
      * once fetch_fd is readable: 1 = complete, out[0..*count) filled with at
      * most max deliveries (caller frees each body); 0 = not yet; negative on
      * error (the acks are then not known to be done). */
     int (*fetch_batch_send)(struct broker *b, const char *const *acks, size_t nacks,
-                            size_t n_free, size_t n_reserve);
+                            size_t n);
     int (*fetch_batch_read)(struct broker *b, struct broker_delivery *out, size_t max,
                             size_t *count);
     /* Acknowledges several messages in one round trip. Borrowed tags. */

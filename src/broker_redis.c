@@ -93,9 +93,10 @@ static void queue_of_key(const struct broker_redis *r, const char *key, size_t k
     snprintf(out, outlen, "%.*s", (int)(klen < outlen ? klen : outlen - 1), key);
 }
 
-/* Pops up to n_free + n_reserve messages across the priority keys in BRPOP
- * order; the reserved ones go into unacked/unacked_index in the same atomic
- * step (so no crash between pop and reserve can lose them). The hash value is
+/* Pops up to n messages across the priority keys in BRPOP order; each goes
+ * into unacked/unacked_index in the same atomic step (so no crash between
+ * pop and reserve can lose them, even one handed to an idle process at once:
+ * its early ack removes it again). The hash value is
  * kombu's [envelope, exchange, routing_key] with the default exchange and the
  * queue name, which routes a restore to the same queue. The delivery tag is
  * the last "delivery_tag" key (kombu writes properties last), found by plain
@@ -122,26 +123,23 @@ static const char fetch_script[] =
     "  end\n"
     "  return ''\n"
     "end\n"
-    "local nfree, nres, now = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]\n"
+    "local nres, now = tonumber(ARGV[1]), ARGV[2]\n"
     "local nq = #KEYS - 2\n"
-    "if #ARGV > 3 + nq then\n"
-    "  local acks = {unpack(ARGV, 4 + nq)}\n"
+    "if #ARGV > 2 + nq then\n"
+    "  local acks = {unpack(ARGV, 3 + nq)}\n"
     "  redis.call('ZREM', KEYS[2], unpack(acks))\n"
     "  redis.call('HDEL', KEYS[1], unpack(acks))\n"
     "end\n"
     "local out, z, h = {}, {}, {}\n"
     "for i = 3, #KEYS do\n"
-    "  while nfree + nres > 0 do\n"
+    "  while nres > 0 do\n"
     "    local v = redis.call('RPOP', KEYS[i])\n"
     "    if not v then break end\n"
-    "    local tag = ''\n"
-    "    if nfree > 0 then nfree = nfree - 1 else\n"
-    "      tag = tag_of(v)\n"
-    "      if tag ~= '' then\n"
-    "        nres = nres - 1\n"
-    "        z[#z + 1] = now; z[#z + 1] = tag\n"
-    "        h[#h + 1] = tag; h[#h + 1] = '[' .. v .. ', \"\", ' .. ARGV[i + 1] .. ']'\n"
-    "      end\n"
+    "    local tag = tag_of(v)\n"
+    "    if tag ~= '' then\n"
+    "      nres = nres - 1\n"
+    "      z[#z + 1] = now; z[#z + 1] = tag\n"
+    "      h[#h + 1] = tag; h[#h + 1] = '[' .. v .. ', \"\", ' .. ARGV[i] .. ']'\n"
     "    end\n"
     "    out[#out + 1] = KEYS[i]; out[#out + 1] = v; out[#out + 1] = tag\n"
     "  end\n"
@@ -513,7 +511,7 @@ out:
 /* Writes the batch request on the consume link; its reply is read by
  * redis_fetch_batch_read() once fetch_fd is readable. */
 static int redis_fetch_batch_send(struct broker *b, const char *const *acks, size_t nacks,
-                                  size_t n_free, size_t n_reserve)
+                                  size_t n)
 {
     struct broker_redis *r = (struct broker_redis *)b;
     if (r->fetching != FETCH_NONE) {
@@ -525,17 +523,16 @@ static int redis_fetch_batch_send(struct broker *b, const char *const *acks, siz
         return CELERIAC_ECONN;
     }
     size_t nkeys = r->nqueues * NSTEPS;
-    size_t argc = 3 + 2 + nkeys + 3 + nkeys + nacks;
+    size_t argc = 3 + 2 + nkeys + 2 + nkeys + nacks;
     const char **argv = calloc(argc, sizeof *argv);
     char (*keys)[256] = calloc(nkeys ? nkeys : 1, sizeof *keys);
     char **qjson = calloc(nkeys ? nkeys : 1, sizeof *qjson);
     int rc = CELERIAC_ENOMEM;
     if (!argv || !keys || !qjson)
         goto out;
-    char nkeys_s[24], nf[24], nr[24], now[40];
+    char nkeys_s[24], nr[24], now[40];
     snprintf(nkeys_s, sizeof nkeys_s, "%zu", nkeys + 2);
-    snprintf(nf, sizeof nf, "%zu", n_free);
-    snprintf(nr, sizeof nr, "%zu", n_reserve);
+    snprintf(nr, sizeof nr, "%zu", n);
     unacked_score(now, sizeof now);
     size_t k = 0;
     argv[k++] = "EVALSHA";
@@ -549,7 +546,6 @@ static int redis_fetch_batch_send(struct broker *b, const char *const *acks, siz
             priority_key(r, r->queues[q], r->opt.steps[st], key, 256);
             argv[k++] = key;
         }
-    argv[k++] = nf;
     argv[k++] = nr;
     argv[k++] = now;
     for (size_t st = 0; st < NSTEPS; st++)

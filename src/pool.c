@@ -35,7 +35,11 @@ enum { SLOT_QUEUED = 1, SLOT_RUNNING = 2, SLOT_CANCELLED = 3 };
 #define SEQ_MASK 0x3fffffffu
 /* A slot is reused POOL_SLOTS frames later: by then its job was answered. */
 _Static_assert(POOL_SLOTS > POOL_QUEUE_MAX + 1, "a child holds up to 1 + POOL_QUEUE_MAX jobs");
-#define SLOTS_SIZE (POOL_SLOTS * sizeof(pool_slot))
+/* After the slots, one more shared word: how many of the results the child
+ * handed over (DONE with meta) the parent has stored (see
+ * pool_results_stored()). */
+#define STORED_WORD POOL_SLOTS
+#define SLOTS_SIZE ((POOL_SLOTS + 1) * sizeof(pool_slot))
 
 static unsigned slot_word(uint32_t seq, unsigned state)
 {
@@ -110,7 +114,7 @@ static int spawn(struct pool *p, struct pool_child *c)
         }
         c->slots = m;
     }
-    for (size_t i = 0; i < POOL_SLOTS; i++) /* a fresh process: nothing sent yet */
+    for (size_t i = 0; i <= STORED_WORD; i++) /* a fresh process: nothing sent yet */
         atomic_store(&((pool_slot *)c->slots)[i], 0u);
     c->seq_next = 0;
     int sv[2];
@@ -533,6 +537,17 @@ int pool_child_read(struct pool_link *l, uint32_t *flags, const char **envelope,
         if (pool_child_write(l, POOL_SKIPPED, &skip) < 0)
             return CELERIAC_ENOMEM;
     }
+}
+
+void pool_results_stored(struct pool_child *c, unsigned n)
+{
+    if (c->slots)
+        atomic_fetch_add(&((pool_slot *)c->slots)[STORED_WORD], n);
+}
+
+unsigned pool_child_results_stored(void)
+{
+    return child_slots ? atomic_load(&child_slots[STORED_WORD]) : 0;
 }
 
 int pool_child_pending(struct pool_link *l)

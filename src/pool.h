@@ -149,6 +149,13 @@ struct pool_link {
 int pool_child_read(struct pool_link *l, uint32_t *flags, const char **envelope, size_t *len);
 /* 1 when a whole frame is already buffered or readable without blocking. */
 int pool_child_pending(struct pool_link *l);
+/* Results a child hands over in DONE (meta) are stored by the parent; the
+ * child keeps its copy until the parent counts them stored here, so a child
+ * that outlives the parent stores what the parent had not (in DONE order:
+ * the parent counts them in the order it received them). Parent side: */
+void pool_results_stored(struct pool_child *c, unsigned n);
+/* Child side: the count so far (wraps at 2^32); async-signal-safe. */
+unsigned pool_child_results_stored(void);
 /* Buffers a frame (out: the outcome of DONE, the enum pool_skip status of
  * SKIPPED, NULL otherwise); flush writes everything buffered. */
 int pool_child_write(struct pool_link *l, int type, const struct pool_outcome *out);

@@ -3,9 +3,12 @@
 #include "task_exec.h"
 
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "canvas.h"
@@ -17,6 +20,145 @@
 #include "value.h"
 
 #define REPR_MAX 1024
+/* Seconds a pool process whose main process died may still finish its task
+ * (see on_parent_death()); also how long one that reads EOF waits for a live
+ * main process to store the results it handed over (kept_settle()). */
+#define PARENT_GONE_GRACE 3
+
+/* Results this process handed to the main process to store (DONE with meta),
+ * kept until the main process counts them stored (pool_results_stored()). A
+ * kill -9 of the main process would otherwise lose the ones it held: this
+ * process stores them itself when it finds the main process gone. Storing
+ * one twice changes nothing (a SUCCESS is never overwritten). */
+static struct kept_results {
+    char **ids, **docs; /* owned, [head, len) */
+    size_t *lens;
+    size_t head, len, cap;
+    unsigned dropped;   /* entries dropped as stored so far (wraps) */
+} kept;
+/* Entries ever kept (wraps); read by the signal handler. */
+static _Atomic unsigned kept_total;
+static pid_t kept_parent;
+/* Set by on_parent_death(): queued jobs no longer start (never acknowledged,
+ * they go back to the queue from unacked); jobs already acknowledged do. */
+static volatile sig_atomic_t parent_gone;
+
+static void kept_drop_one(void)
+{
+    free(kept.ids[kept.head]);
+    free(kept.docs[kept.head]);
+    kept.head++;
+    kept.dropped++;
+}
+
+/* Drops what the main process has stored since the last look. */
+static void kept_trim(void)
+{
+    unsigned stored = pool_child_results_stored();
+    while (kept.head < kept.len && kept.dropped != stored)
+        kept_drop_one();
+    if (kept.head == kept.len)
+        kept.head = kept.len = 0;
+}
+
+/* Keeps a copy of a result handed over; takes doc. Out of memory it is not
+ * kept (as before this existed) but still counted, so the counts stay in step. */
+static void kept_push(const char *task_id, char *doc, size_t len)
+{
+    kept_trim();
+    if (kept.head > 0 && kept.len == kept.cap) {
+        size_t n = kept.len - kept.head;
+        memmove(kept.ids, kept.ids + kept.head, n * sizeof *kept.ids);
+        memmove(kept.docs, kept.docs + kept.head, n * sizeof *kept.docs);
+        memmove(kept.lens, kept.lens + kept.head, n * sizeof *kept.lens);
+        kept.head = 0;
+        kept.len = n;
+    }
+    if (kept.len == kept.cap) {
+        size_t cap = kept.cap ? kept.cap * 2 : 16;
+        char **ids = realloc(kept.ids, cap * sizeof *ids);
+        if (ids)
+            kept.ids = ids;
+        char **docs = realloc(kept.docs, cap * sizeof *docs);
+        if (docs)
+            kept.docs = docs;
+        size_t *lens = realloc(kept.lens, cap * sizeof *lens);
+        if (lens)
+            kept.lens = lens;
+        if (ids && docs && lens)
+            kept.cap = cap;
+    }
+    char *id = kept.len < kept.cap ? strdup(task_id) : NULL;
+    if (!id) {
+        free(doc);
+        kept.dropped++; /* the main process will count it too */
+    } else {
+        kept.ids[kept.len] = id;
+        kept.docs[kept.len] = doc;
+        kept.lens[kept.len++] = len;
+    }
+    atomic_fetch_add(&kept_total, 1u);
+}
+
+/* The main process died: store what it had not stored yet. */
+static void kept_rescue(struct task_exec *x)
+{
+    kept_trim();
+    size_t n = kept.len - kept.head;
+    if (n == 0)
+        return;
+    log_warning("main process gone: storing %zu result(s) it had not stored yet", n);
+    if (!x->backend)
+        return;
+    int rc = backend_store_many(x->backend, n, (const char *const *)kept.ids + kept.head,
+                                (const char *const *)kept.docs + kept.head, kept.lens + kept.head);
+    if (rc < 0)
+        log_error("%zu result(s) not stored, e.g. %s: %s", n, kept.ids[kept.head],
+                  x->backend->errstr);
+}
+
+static void kept_free(void)
+{
+    while (kept.head < kept.len)
+        kept_drop_one();
+    free(kept.ids);
+    free(kept.docs);
+    free(kept.lens);
+    memset(&kept, 0, sizeof kept);
+}
+
+/* PR_SET_PDEATHSIG: the main process died. The task running now may finish
+ * for a few seconds (then SIGALRM ends this process: it must not outlive its
+ * worker for long); the read loop then runs what was acknowledged, sees EOF
+ * and stores the kept results. An idle process sees EOF at once. */
+static void on_parent_death(int sig)
+{
+    (void)sig;
+    parent_gone = 1;
+    signal(SIGALRM, SIG_DFL);
+    alarm(PARENT_GONE_GRACE);
+}
+
+/* At EOF: the results handed over are stored by a live main process (wait
+ * for its count), or by this process when the main process is gone. EOF can
+ * come before the parent-death signal, hence the wait for either. */
+static void kept_settle(struct task_exec *x)
+{
+    double deadline = util_monotonic() + PARENT_GONE_GRACE;
+    for (;;) {
+        kept_trim();
+        if (kept.head == kept.len)
+            return;
+        if (parent_gone || getppid() != kept_parent) {
+            kept_rescue(x);
+            return;
+        }
+        if (util_monotonic() > deadline)
+            return; /* a live main process keeps them (its backend is down) */
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+}
 
 char *task_exec_exc_repr(const char *exc_type, const char *message)
 {
@@ -263,6 +405,10 @@ static void run_one(struct task_exec *x, struct pool_link *l, const char *env, s
     task_context_clear(&t);
 done:
     pool_child_write(l, POOL_DONE, &out);
+    if (out.meta && m.id) {
+        kept_push(m.id, out.meta, out.meta_len); /* until the main process stores it */
+        out.meta = NULL;
+    }
     /* With the next job already here the DONE rides with its STARTED. */
     if (!pool_child_pending(l))
         pool_child_flush(l);
@@ -287,12 +433,26 @@ void task_exec_child_main(int fd, int index, void *ud)
         if (!x->backend)
             log_error("result backend: %s", err);
     }
+    /* Outlive the main process long enough to store what it held (the pool
+     * set SIGKILL as the parent-death signal; until the handler is in place
+     * that still applies, so the parent seen here is alive). */
+    kept_parent = getppid();
+    struct sigaction pd = {0};
+    pd.sa_handler = on_parent_death;
+    pd.sa_flags = SA_RESTART;
+    sigemptyset(&pd.sa_mask);
+    sigaction(SIGUSR2, &pd, NULL);
+    prctl(PR_SET_PDEATHSIG, SIGUSR2);
+    if (getppid() != kept_parent)
+        _exit(0);
     struct pool_link link = {.fd = fd};
     struct buf env = {0};
     uint32_t flags;
     const char *frame;
     size_t len;
     while (pool_child_read(&link, &flags, &frame, &len) == 0) {
+        if ((flags & EXEC_QUEUED) && (parent_gone || getppid() != kept_parent))
+            continue; /* never acknowledged: it waits in unacked */
         /* A private copy: the link's buffer moves when more frames arrive. */
         env.len = 0;
         if (buf_append(&env, frame, len) < 0 || buf_append(&env, "", 1) < 0)
@@ -300,6 +460,8 @@ void task_exec_child_main(int fd, int index, void *ud)
         run_one(x, &link, env.p, len, flags);
     }
     pool_child_flush(&link);
+    kept_settle(x);
+    kept_free();
     pool_link_free(&link);
     buf_free(&env);
     backend_free(x->backend);

@@ -156,7 +156,8 @@ static void job_ack_to(struct worker *w, struct job *j, struct tag_list *batch)
 /* Keeps a result a pool process sent back (EXEC_PARENT_STORES); takes doc. */
 static int results_recv(struct worker *w);
 
-static void result_push(struct worker *w, const char *task_id, char *doc, size_t len)
+static void result_push(struct worker *w, pid_t from, const char *task_id, char *doc,
+                        size_t len)
 {
     struct result_batch *b = &w->results; /* never the batch in flight */
     if (b->len == b->cap) {
@@ -170,7 +171,10 @@ static void result_push(struct worker *w, const char *task_id, char *doc, size_t
         size_t *lens = realloc(b->lens, cap * sizeof *lens);
         if (lens)
             b->lens = lens;
-        if (!ids || !docs || !lens) {
+        pid_t *pids = realloc(b->pids, cap * sizeof *pids);
+        if (pids)
+            b->pids = pids;
+        if (!ids || !docs || !lens || !pids) {
             /* Out of memory: store this one alone rather than lose it. */
             backend_store_many(w->backend, 1, &task_id, (const char *const *)&doc, &len);
             free(doc);
@@ -185,7 +189,20 @@ static void result_push(struct worker *w, const char *task_id, char *doc, size_t
         return;
     }
     b->docs[b->len] = doc;
+    b->pids[b->len] = from;
     b->lens[b->len++] = len;
+}
+
+/* Tells each pool process how many of its results are stored now (or given
+ * up on): it stops keeping its copies (see pool_results_stored()). */
+static void results_settled(struct worker *w, const struct result_batch *b)
+{
+    for (size_t i = 0; i < b->len; i++)
+        for (size_t k = 0; k < w->pool.n; k++)
+            if (w->pool.children[k].pid == b->pids[i]) {
+                pool_results_stored(&w->pool.children[k], 1);
+                break;
+            }
 }
 
 /* Results a batch may hold while the backend is down before fetching stops. */
@@ -269,6 +286,7 @@ static int results_recv(struct worker *w)
     }
     b->failing_since = 0;
     b->retry_at = 0;
+    results_settled(w, b);
     for (size_t i = 0; i < b->len; i++) {
         free(b->ids[i]);
         free(b->docs[i]);
@@ -967,7 +985,7 @@ static void job_done(struct worker *w, struct pool_child *c, struct pool_outcome
         return;
     int batched = 0; /* the result waits in the batch: an acks_late ack follows it */
     if (o->meta && j->msg.id) {
-        result_push(w, j->msg.id, o->meta, o->meta_len);
+        result_push(w, c->pid, j->msg.id, o->meta, o->meta_len);
         o->meta = NULL;
         batched = w->results.len > 0; /* 0: stored at once (out of memory) */
     }
@@ -1511,24 +1529,17 @@ static size_t prefetch_room(const struct worker *w)
  * (acks_late acks of batched results wait with those results). */
 static void fetch_send(struct worker *w)
 {
-    size_t idle = 0;
-    for (size_t i = 0; i < w->pool.n; i++) {
-        const struct pool_child *c = &w->pool.children[i];
-        if (c->pid && !c->busy && !c->retiring)
-            idle++;
-    }
-    size_t room = prefetch_room(w);
-    size_t n_free = !w->cfg->task_acks_late && idle > w->nready ? idle - w->nready : 0;
-    if (n_free > room)
-        n_free = room;
-    size_t n_res = room - n_free;
-    if (n_free + n_res > FETCH_BATCH_MAX)
-        n_res = FETCH_BATCH_MAX > n_free ? FETCH_BATCH_MAX - n_free : 0;
+    /* Every message is recorded in unacked with its pop, also one an idle
+     * process takes at once: a kill -9 before it reaches the process must
+     * not lose it (its early ack follows in the next round trip). */
+    size_t n = prefetch_room(w);
+    if (n > FETCH_BATCH_MAX)
+        n = FETCH_BATCH_MAX;
     tags_move(&w->fetch.acks, &w->ack_batch);
     int rc = w->broker->ops->fetch_batch_send(w->broker, (const char *const *)w->fetch.acks.tags,
-                                              w->fetch.acks.len, n_free, n_res);
+                                              w->fetch.acks.len, n);
     w->fetch.inflight = 1;
-    w->fetch.asked = n_free + n_res;
+    w->fetch.asked = n;
     if (rc < 0)
         broker_lost(w, "fetch"); /* forgets the batch: its acks wait for the broker */
 }
@@ -2172,6 +2183,7 @@ void worker_free(struct worker *w)
         free(b->ids);
         free(b->docs);
         free(b->lens);
+        free(b->pids);
     }
     events_clear(&w->events);
     revoked_free(&w->revoked);

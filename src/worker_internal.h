@@ -76,6 +76,8 @@ struct worker {
     struct result_batch {                /* results the pool sent back to store, sent together */
         char **ids, **docs;              /* owned */
         size_t *lens;
+        pid_t *pids;                     /* the pool process each came from: told
+                                          * once stored (pool_results_stored()) */
         size_t len, cap;
         struct tag_list late_acks;       /* acks_late acks of these results: they join
                                           * ack_batch once the results are stored */
@@ -88,7 +90,7 @@ struct worker {
     int more;                            /* the last batch fetch was full: fetch again soon */
     struct fetch_state {                 /* the batch fetch outstanding on the broker */
         int inflight;                    /* its reply is not read yet */
-        size_t asked;                    /* n_free + n_reserve it asked for */
+        size_t asked;                    /* messages it asked for */
         struct tag_list acks;            /* the acks riding with it (owned) */
         int queues_empty;                /* the last batch brought nothing: BRPOP next */
         double since;                    /* monotonic: when the outstanding fetch (batch or
