@@ -1010,6 +1010,21 @@ def loadavg():
         return None
 
 
+def cpuidle():
+    """The guest's CPU idle setup: on a VM with halt polling off
+    (guest_halt_poll_ns 0) every wake of an idle vCPU goes through the
+    hypervisor, and that latency bounds a worker whose processes hand work to
+    each other many times per task (README, "What bounds it now")."""
+    out = {}
+    for name, path in (("driver", "/sys/devices/system/cpu/cpuidle/current_driver"),
+                       ("guest_halt_poll_ns", "/sys/module/haltpoll/parameters/guest_halt_poll_ns")):
+        try:
+            out[name] = Path(path).read_text().strip()
+        except OSError:
+            pass
+    return out
+
+
 def find_celeriac():
     cands = [os.environ.get("CELERIAC_BIN"), REPO / "build" / "celeriac",
              "/tmp/build-bench/celeriac"]
@@ -1083,7 +1098,7 @@ def main():
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "celery": celery.__version__,
                     "kombu": kombu.__version__, "redis_py": redis_py.__version__,
-                    "loadavg_start": loadavg()},
+                    "loadavg_start": loadavg(), "cpuidle": cpuidle()},
         "celeriac_binary": a.celeriac,
         "python_threads_wakeup_s": float(os.environ.get("BENCH_THREADS_WAKEUP", "0.005")),
         "workers": {},
