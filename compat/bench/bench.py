@@ -969,6 +969,11 @@ def render(results):
                  if ww.get(c) is not None and rw.get(c) is not None]
         if parts:
             out.append("  blocking waits per add task, worker + Redis: " + ", ".join(parts))
+    idle = results.get("machine", {}).get("cpuidle") or {}
+    if idle:
+        out.append(f"  CPU idle: driver {idle.get('driver', '?')}, guest_halt_poll_ns "
+                   f"{idle.get('guest_halt_poll_ns', '-')} (0: an idle vCPU halts at once, and "
+                   f"waking a process on it goes through the hypervisor)")
     samples = {c: dig(results["workers"][c], ("process_document", "sample_result")) for c in cols}
     samples = {c: {k: v for k, v in r.items() if k not in ("stages", "text_preview")}
                for c, r in samples.items() if isinstance(r, dict)}
