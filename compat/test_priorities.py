@@ -109,3 +109,75 @@ def test_batch_fetch_takes_every_message_once(make_worker, shared_redis, app_fac
     assert last[0] <= last[5] <= last[9] and late0 <= 8, (late0, first, last)
     wait_for(lambda: not any(q in (v or b"").decode(errors="replace")
                              for v in broker.hvals("unacked")), 20, "unacked to empty")
+
+
+@pytest.mark.celeriac_only  # the Python worker takes these options from its app config
+def test_global_keyprefix(make_worker, redis_factory, app_factory):
+    """broker_transport_options={'global_keyprefix': 'pfx:'} (kombu's GlobalKeyPrefixMixin):
+    the real producer's keys, the worker's reservations, its remote control and its
+    events all live under the prefix; an unprefixed producer's message is not taken;
+    a killed worker's reserved messages are restored under the prefix."""
+    import signal
+
+    redis = redis_factory()
+    app = app_factory(redis, broker_transport_options={"global_keyprefix": "pfx:"})
+    plain = app_factory(redis)
+    broker = redis.client(0)
+    events = broker.pubsub()
+    events.psubscribe("pfx:/0.celeryev/*")
+    q = f"kp-{uuid.uuid4().hex[:8]}"
+    extra = ["--global-keyprefix", "pfx:", "-E", "--task-acks-late",
+             "--visibility-timeout", "3", "--prefetch-multiplier", "2"]
+    w = make_worker(redis, queues=[q], concurrency=2, extra=extra)
+    sums = [app.send_task("examples.add", args=(i, i), queue=q) for i in range(20)]
+    assert [r.get(timeout=30) for r in sums] == [2 * i for i in range(20)]
+
+    # Remote control: the broadcast comes on pfx:/0.celery.pidbox, the reply goes to
+    # the prefixed reply queue.
+    node = f"{w.name}@{socket.gethostname()}"
+    replies = app.control.ping(destination=[node], timeout=5)
+    assert replies == [{node: {"ok": "pong"}}], replies
+    # Events on the prefixed channels.
+    seen = []
+
+    def heard():
+        m = events.get_message(timeout=0.2)
+        if m and m["type"] == "pmessage":
+            seen.append(m["channel"].decode())
+        return any(c.startswith("pfx:/0.celeryev/task.") for c in seen)
+
+    wait_for(heard, 15, "a task event on pfx:/0.celeryev/...")
+    events.close()
+
+    def unprefixed():
+        return sorted(k.decode(errors="replace") for k in broker.keys("*")
+                      if not k.startswith(b"pfx:"))
+
+    assert unprefixed() == []
+
+    # A message sent without the prefix is not for this worker.
+    stray = plain.send_task("examples.add", args=(1, 1), queue=q)
+    after = app.send_task("examples.add", args=(2, 2), queue=q)
+    assert after.get(timeout=30) == 4
+    assert broker.llen(q) == 1 and stray.state == "PENDING"
+    assert broker.lpop(q) is not None
+
+    # Reserved messages live in pfx:unacked and come back after a kill -9.
+    blockers = [app.send_task("examples.sleep", args=(2,), queue=q) for _ in range(6)]
+    wait_for(lambda: broker.hlen("pfx:unacked") == 4 and broker.llen(f"pfx:{q}") == 2, 20,
+             "four messages reserved in pfx:unacked, two still queued")
+    assert w.kill9(group=True) == -signal.SIGKILL
+    now = broker.time()
+    start = now[0] + now[1] / 1e6
+
+    def past_visibility():
+        t = broker.time()
+        return t[0] + t[1] / 1e6 - start > 4
+
+    wait_for(past_visibility, 15, "the visibility timeout to pass")
+    w.start()
+    wait_for(lambda: all(r.state == "SUCCESS" for r in blockers), 60,
+             "every reserved task to run after the restart")
+    wait_for(lambda: broker.hlen("pfx:unacked") == 0, 20, "pfx:unacked to empty")
+    # Only the unprefixed producer's own declaration of q lives outside the prefix.
+    assert unprefixed() == [f"_kombu.binding.{q}"]

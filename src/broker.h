@@ -116,6 +116,7 @@ struct broker_options {
     int steps[10];     /* priority steps, ascending, first 0: {0, 3, 6, 9} by default */
     size_t nsteps;
     int order;         /* enum queue_order */
+    char keyprefix[128]; /* kombu's global_keyprefix: in front of every key and channel */
 };
 /* kombu's defaults. */
 void broker_options_default(struct broker_options *o);

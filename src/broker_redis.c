@@ -38,7 +38,9 @@ struct broker_redis {
     int pub_pending;           /* commands appended on pub, replies not read */
     char fetch_sha[41];        /* SHA1 of fetch_script */
     long long consume_id;      /* CLIENT ID of the consume link, 0 if unknown */
-    struct broker_options opt; /* sep, priority steps, queue order */
+    struct broker_options opt; /* sep, priority steps, queue order, key prefix */
+    /* kombu's key names with opt.keyprefix in front (global_keyprefix). */
+    char unacked[160], unacked_index[160], unacked_mutex[160];
 };
 #define NSTEPS (r->opt.nsteps)
 enum { FETCH_NONE, FETCH_BRPOP, FETCH_BATCH };
@@ -71,9 +73,9 @@ static void priority_key(const struct broker_redis *r, const char *queue, int pr
         if (r->opt.steps[i] <= priority)
             step = r->opt.steps[i];
     if (step)
-        snprintf(buf, len, "%s%s%d", queue, r->opt.sep, step);
+        snprintf(buf, len, "%s%s%s%d", r->opt.keyprefix, queue, r->opt.sep, step);
     else
-        snprintf(buf, len, "%s", queue);
+        snprintf(buf, len, "%s%s", r->opt.keyprefix, queue);
 }
 
 /* The queue a popped key belongs to: matched against the keys we listen on,
@@ -494,9 +496,9 @@ static int redis_reserve(struct broker *b, const struct broker_reservation *res,
     char score[40];
     unacked_score(score, sizeof score);
     const char *multi[1] = {"MULTI"}, *exec[1] = {"EXEC"};
-    const char *zadd[4] = {"ZADD", UNACKED_INDEX, score, res->delivery_tag};
-    const char *hset[4] = {"HSET", UNACKED, res->delivery_tag, v.p};
-    size_t hlens[4] = {4, strlen(UNACKED), strlen(res->delivery_tag), v.len};
+    const char *zadd[4] = {"ZADD", r->unacked_index, score, res->delivery_tag};
+    const char *hset[4] = {"HSET", r->unacked, res->delivery_tag, v.p};
+    size_t hlens[4] = {4, strlen(r->unacked), strlen(res->delivery_tag), v.len};
     if ((rc = append(r, 1, multi, NULL)) < 0 || (rc = append(r, 4, zadd, NULL)) < 0 ||
         (rc = append(r, 4, hset, hlens)) < 0 || (rc = append(r, 1, exec, NULL)) < 0)
         goto out;
@@ -538,8 +540,8 @@ static int redis_fetch_batch_send(struct broker *b, const char *const *acks, siz
     argv[k++] = "EVALSHA";
     argv[k++] = r->fetch_sha;
     argv[k++] = nkeys_s;
-    argv[k++] = UNACKED;
-    argv[k++] = UNACKED_INDEX;
+    argv[k++] = r->unacked;
+    argv[k++] = r->unacked_index;
     for (size_t st = 0; st < NSTEPS; st++)
         for (size_t q = 0; q < r->nqueues; q++) {
             char *key = keys[st * r->nqueues + q];
@@ -665,12 +667,12 @@ static int redis_ack_many(struct broker *b, const char **tags, size_t n)
     const char *multi[1] = {"MULTI"}, *exec[1] = {"EXEC"};
     int rc = append(r, 1, multi, NULL);
     argv[0] = "ZREM";
-    argv[1] = UNACKED_INDEX;
+    argv[1] = r->unacked_index;
     memcpy(argv + 2, tags, n * sizeof *tags);
     if (rc == 0)
         rc = append(r, (int)n + 2, argv, NULL);
     argv[0] = "HDEL";
-    argv[1] = UNACKED;
+    argv[1] = r->unacked;
     if (rc == 0)
         rc = append(r, (int)n + 2, argv, NULL);
     if (rc == 0)
@@ -683,8 +685,8 @@ static int redis_ack(struct broker *b, const char *tag)
 {
     struct broker_redis *r = (struct broker_redis *)b;
     const char *multi[1] = {"MULTI"}, *exec[1] = {"EXEC"};
-    const char *zrem[3] = {"ZREM", UNACKED_INDEX, tag};
-    const char *hdel[3] = {"HDEL", UNACKED, tag};
+    const char *zrem[3] = {"ZREM", r->unacked_index, tag};
+    const char *hdel[3] = {"HDEL", r->unacked, tag};
     int rc;
     if ((rc = append(r, 1, multi, NULL)) < 0 || (rc = append(r, 3, zrem, NULL)) < 0 ||
         (rc = append(r, 3, hdel, NULL)) < 0 || (rc = append(r, 1, exec, NULL)) < 0)
@@ -702,7 +704,7 @@ static int route(struct broker_redis *r, const char *exchange, const char *rk, c
         snprintf(queue, len, "%s", rk ? rk : "");
         return queue[0] ? 0 : CELERIAC_ENOTFOUND;
     }
-    redisReply *rep = redis_conn_cmdf(&r->cmd, "SMEMBERS _kombu.binding.%s", exchange);
+    redisReply *rep = redis_conn_cmdf(&r->cmd, "SMEMBERS %s_kombu.binding.%s", r->opt.keyprefix, exchange);
     if (!rep)
         return CELERIAC_ECONN;
     int rc = CELERIAC_ENOTFOUND;
@@ -760,11 +762,11 @@ out:
 static int move_back(struct broker_redis *r, const char *tag, int head)
 {
     for (int attempt = 0; attempt < 5; attempt++) {
-        redisReply *w = redis_conn_cmdf(&r->cmd, "WATCH " UNACKED);
+        redisReply *w = redis_conn_cmdf(&r->cmd, "WATCH %s", r->unacked);
         if (!w)
             return CELERIAC_ECONN;
         freeReplyObject(w);
-        redisReply *g = redis_conn_cmdf(&r->cmd, "HGET " UNACKED " %s", tag);
+        redisReply *g = redis_conn_cmdf(&r->cmd, "HGET %s %s", r->unacked, tag);
         if (!g)
             return CELERIAC_ECONN;
         if (g->type != REDIS_REPLY_STRING) {
@@ -773,7 +775,7 @@ static int move_back(struct broker_redis *r, const char *tag, int head)
             if (u)
                 freeReplyObject(u);
             /* Not in the hash: drop any stale index entry. */
-            redisReply *z = redis_conn_cmdf(&r->cmd, "ZREM " UNACKED_INDEX " %s", tag);
+            redisReply *z = redis_conn_cmdf(&r->cmd, "ZREM %s %s", r->unacked_index, tag);
             if (z)
                 freeReplyObject(z);
             return 0;
@@ -808,8 +810,8 @@ static int move_back(struct broker_redis *r, const char *tag, int head)
         char key[300];
         priority_key(r, queue, priority, key, sizeof key);
         const char *multi[1] = {"MULTI"}, *exec[1] = {"EXEC"};
-        const char *zrem[3] = {"ZREM", UNACKED_INDEX, tag};
-        const char *hdel[3] = {"HDEL", UNACKED, tag};
+        const char *zrem[3] = {"ZREM", r->unacked_index, tag};
+        const char *hdel[3] = {"HDEL", r->unacked, tag};
         const char *push[3] = {head ? "RPUSH" : "LPUSH", key, env};
         int rc;
         if ((rc = append(r, 1, multi, NULL)) < 0 || (rc = append(r, 3, zrem, NULL)) < 0 ||
@@ -861,7 +863,7 @@ static int redis_restore_visible(struct broker *b, double visibility_timeout)
     struct broker_redis *r = (struct broker_redis *)b;
     char token[37];
     util_uuid4(token);
-    redisReply *m = redis_conn_cmdf(&r->cmd, "SET " UNACKED_MUTEX " %s PX %d NX", token,
+    redisReply *m = redis_conn_cmdf(&r->cmd, "SET %s %s PX %d NX", r->unacked_mutex, token,
                                     UNACKED_MUTEX_EXPIRE_MS);
     if (!m) {
         set_err(r, CELERIAC_ECONN, r->cmd.errstr);
@@ -874,7 +876,7 @@ static int redis_restore_visible(struct broker *b, double visibility_timeout)
     char ceiling[40];
     snprintf(ceiling, sizeof ceiling, "%.6f", util_now() - visibility_timeout);
     redisReply *z =
-        redis_conn_cmdf(&r->cmd, "ZREVRANGEBYSCORE " UNACKED_INDEX " %s 0 WITHSCORES", ceiling);
+        redis_conn_cmdf(&r->cmd, "ZREVRANGEBYSCORE %s %s 0 WITHSCORES", r->unacked_index, ceiling);
     int restored = 0, rc = 0;
     if (!z) {
         rc = CELERIAC_ECONN;
@@ -894,8 +896,8 @@ static int redis_restore_visible(struct broker *b, double visibility_timeout)
         }
         freeReplyObject(z);
     }
-    redisReply *u = redis_conn_cmdf(&r->cmd, "EVAL %s 1 " UNACKED_MUTEX " %s", release_script,
-                                    token);
+    redisReply *u = redis_conn_cmdf(&r->cmd, "EVAL %s 1 %s %s", release_script,
+                                    r->unacked_mutex, token);
     if (u)
         freeReplyObject(u);
     if (rc < 0) {
@@ -918,7 +920,7 @@ static int redis_refresh(struct broker *b, const char **tags, size_t n)
     char score[40];
     unacked_score(score, sizeof score);
     argv[0] = "ZADD";
-    argv[1] = UNACKED_INDEX;
+    argv[1] = r->unacked_index;
     argv[2] = "XX";
     for (size_t i = 0; i < n; i++) {
         argv[3 + 2 * i] = score;
@@ -959,9 +961,9 @@ static void fanout_channel(const struct broker_redis *r, const char *exchange, c
                            char *buf, size_t len)
 {
     if (key && *key)
-        snprintf(buf, len, "/%d.%s/%s", r->cmd.url.db, exchange, key);
+        snprintf(buf, len, "%s/%d.%s/%s", r->opt.keyprefix, r->cmd.url.db, exchange, key);
     else
-        snprintf(buf, len, "/%d.%s", r->cmd.url.db, exchange);
+        snprintf(buf, len, "%s/%d.%s", r->opt.keyprefix, r->cmd.url.db, exchange);
 }
 
 static int psubscribe_all(struct broker_redis *r)
@@ -1053,8 +1055,11 @@ static int redis_sub_read(struct broker *b, struct broker_delivery *out)
             strcmp(rep->element[0]->str, "pmessage") == 0 &&
             rep->element[2]->type == REDIS_REPLY_STRING &&
             rep->element[3]->type == REDIS_REPLY_STRING) {
-            /* Channel "/<db>.<exchange>[/<key>]" -> exchange. */
+            /* Channel "<prefix>/<db>.<exchange>[/<key>]" -> exchange. */
             const char *ch = rep->element[2]->str;
+            size_t pl = strlen(r->opt.keyprefix);
+            if (strncmp(ch, r->opt.keyprefix, pl) == 0)
+                ch += pl;
             if (ch[0] == '/') {
                 const char *dot = strchr(ch, '.');
                 ch = dot ? dot + 1 : ch;
@@ -1123,7 +1128,7 @@ static int redis_publish_direct(struct broker *b, const char *exchange, const ch
                                 const char *body, size_t len)
 {
     struct broker_redis *r = (struct broker_redis *)b;
-    redisReply *rep = redis_conn_cmdf(&r->cmd, "SMEMBERS _kombu.binding.%s", exchange);
+    redisReply *rep = redis_conn_cmdf(&r->cmd, "SMEMBERS %s_kombu.binding.%s", r->opt.keyprefix, exchange);
     if (!rep) {
         set_err(r, CELERIAC_ECONN, r->cmd.errstr);
         return CELERIAC_ECONN;
@@ -1137,8 +1142,10 @@ static int redis_publish_direct(struct broker *b, const char *exchange, const ch
         const char *s2 = s1 ? strstr(s1 + sl, r->opt.sep) : NULL;
         if (!s2 || (size_t)(s1 - m) != rklen || strncmp(m, routing_key, rklen) != 0)
             continue;
-        const char *argv[3] = {"LPUSH", s2 + sl, body};
-        size_t lens[3] = {5, strlen(s2 + sl), len};
+        char key[300];
+        snprintf(key, sizeof key, "%s%s", r->opt.keyprefix, s2 + sl);
+        const char *argv[3] = {"LPUSH", key, body};
+        size_t lens[3] = {5, strlen(key), len};
         redisReply *p = redis_conn_cmd(&r->cmd, 3, argv, lens);
         if (!p) {
             set_err(r, CELERIAC_ECONN, r->cmd.errstr);
@@ -1155,7 +1162,7 @@ static int binding_cmd(struct broker_redis *r, const char *verb, const char *exc
                        const char *routing_key, const char *queue)
 {
     char key[300], member[700];
-    snprintf(key, sizeof key, "_kombu.binding.%s", exchange);
+    snprintf(key, sizeof key, "%s_kombu.binding.%s", r->opt.keyprefix, exchange);
     int n = snprintf(member, sizeof member, "%s%s%s%s", routing_key ? routing_key : "",
                      r->opt.sep, r->opt.sep, queue);
     const char *argv[3] = {verb, key, member};
@@ -1245,6 +1252,9 @@ struct broker *broker_redis_new(const char *url, const struct broker_options *op
     r->sub.timeout = 10;
     r->pub.timeout = 10;
     r->opt = *opts;
+    snprintf(r->unacked, sizeof r->unacked, "%s" UNACKED, r->opt.keyprefix);
+    snprintf(r->unacked_index, sizeof r->unacked_index, "%s" UNACKED_INDEX, r->opt.keyprefix);
+    snprintf(r->unacked_mutex, sizeof r->unacked_mutex, "%s" UNACKED_MUTEX, r->opt.keyprefix);
     r->base.ops = &redis_ops;
     return &r->base;
 }

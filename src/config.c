@@ -58,6 +58,9 @@ static const struct option_def options[] = {
      1, 1e9, NULL, "Seconds before an unacknowledged message is restored to its queue"},
     {"sep", "sep", 0, OPT_STR, F(sep), NULL, 0, 0, NULL,
      "Redis key separator of priority queues (broker_transport_options sep; default \\x06\\x16)"},
+    {"global_keyprefix", "global-keyprefix", 0, OPT_STR, F(global_keyprefix), NULL, 0, 0, NULL,
+     "Prefix of every broker key and channel, as kombu's broker_transport_options "
+     "global_keyprefix (all producers and workers must use the same)"},
     {"priority_steps", "priority-steps", 0, OPT_LIST, F(priority_steps), "0,3,6,9", 0, 0, NULL,
      "Redis priority sub-queues, ascending from 0 (broker_transport_options priority_steps)"},
     {"queue_order_strategy", "queue-order-strategy", 0, OPT_STR, F(queue_order_strategy),
@@ -502,6 +505,10 @@ enum config_result config_load(struct config *c, int argc, char **argv)
         fprintf(stderr, "celeriac: sep must be 1 to 7 characters\n");
         return CONFIG_EXIT_USAGE;
     }
+    if (c->global_keyprefix && strlen(c->global_keyprefix) > 64) {
+        fprintf(stderr, "celeriac: global_keyprefix must be at most 64 characters\n");
+        return CONFIG_EXIT_USAGE;
+    }
     if (strcmp(c->queue_order_strategy, "round_robin") != 0 &&
         strcmp(c->queue_order_strategy, "sorted") != 0 &&
         strcmp(c->queue_order_strategy, "priority") != 0) {
@@ -554,6 +561,8 @@ int config_broker_options(const struct config *c, struct broker_options *out)
     broker_options_default(&o);
     if (c->sep)
         snprintf(o.sep, sizeof o.sep, "%s", c->sep);
+    if (c->global_keyprefix)
+        snprintf(o.keyprefix, sizeof o.keyprefix, "%s", c->global_keyprefix);
     if (c->priority_steps.len < 1 || c->priority_steps.len > 10)
         return CELERIAC_EINVAL;
     for (size_t i = 0; i < c->priority_steps.len; i++) {

@@ -29,6 +29,7 @@ struct config {
     int task_reject_on_worker_lost;
     double visibility_timeout;    /* broker_transport_options.visibility_timeout */
     char *sep;                    /* broker_transport_options.sep; NULL = "\x06\x16" */
+    char *global_keyprefix;       /* broker_transport_options.global_keyprefix; NULL = none */
     struct strlist priority_steps;/* broker_transport_options.priority_steps */
     char *queue_order_strategy;   /* round_robin, sorted or priority */
     double unacked_restore_interval; /* seconds between restore scans */
