@@ -1,4 +1,5 @@
 """Results, states and result-backend keys as a Celery 5.2 client sees them."""
+import json
 import socket
 import uuid
 
@@ -189,3 +190,37 @@ def test_lone_result_stored_by_its_process_and_floods_batched_by_the_main_one(
     assert by_main, ("no flood result stored by the main process",
                      sorted({port for port, _ in stores}), main_ports, kid_ports)
     assert max(int(words[2]) for words in by_main) > 1, "never two results in one call"
+
+
+@pytest.mark.celeriac_only  # Celery 5.2's own worker has no result-backend key prefix
+def test_result_backend_global_keyprefix(make_worker, redis_factory, app_factory):
+    """Celery >= 5.3's result_backend_transport_options={'global_keyprefix': 'res'}:
+    every result key becomes 'res_celery-task-meta-<id>' (Celery adds '_' unless the
+    prefix ends in ':_-.'). The oracle here is Celery 5.2, so the client gets the
+    prefixes that 5.3's _add_global_keyprefix would give it, on its backend object;
+    AsyncResult.get() then subscribes to and reads the prefixed keys, and a chord's
+    join keys live under the group prefix."""
+    from celery import chord
+
+    redis = redis_factory()
+    app = app_factory(redis)
+    app.backend.task_keyprefix = b"res_celery-task-meta-"
+    app.backend.group_keyprefix = b"res_celery-taskset-meta-"
+    app.backend.chord_keyprefix = b"res_chord-unlock-"
+    make_worker(redis, extra=["--result-backend-global-keyprefix", "res"])
+    results = [app.send_task("examples.add", args=(i, i)) for i in range(10)]
+    assert [r.get(timeout=30) for r in results] == [2 * i for i in range(10)]
+    lone = app.send_task("examples.add", args=(20, 22))  # stored by its pool process
+    assert lone.get(timeout=30) == 42
+    failed = app.send_task("examples.fail", args=("boom",))
+    with pytest.raises(Exception, match="boom"):
+        failed.get(timeout=30)
+    c = chord([app.signature("examples.add", args=(i, i)) for i in range(1, 6)],
+              app.signature("examples.tsum"))
+    assert c.apply_async().get(timeout=30) == 30
+    db = redis.client(1)
+    keys = [k.decode() for k in db.keys("*")]
+    assert keys and all(k.startswith("res_celery-task") for k in keys), keys
+    assert db.get(f"celery-task-meta-{results[0].id}") is None
+    meta = json.loads(db.get(f"res_celery-task-meta-{results[0].id}"))
+    assert meta["status"] == "SUCCESS" and meta["result"] == 0

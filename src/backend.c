@@ -11,8 +11,8 @@
 
 struct backend *backend_redis_new(const char *url, char *err, size_t errlen);
 
-struct backend *backend_new(const char *url, long expires, double retry_timeout, char *err,
-                            size_t errlen)
+struct backend *backend_new(const char *url, long expires, double retry_timeout,
+                            const char *keyprefix, char *err, size_t errlen)
 {
     struct backend *b = NULL;
     if (!url || !*url) {
@@ -31,6 +31,10 @@ struct backend *backend_new(const char *url, long expires, double retry_timeout,
     if (b) {
         b->expires = expires;
         b->retry_timeout = retry_timeout;
+        /* Celery's _add_global_keyprefix: a separator unless it ends in one. */
+        if (keyprefix && *keyprefix)
+            snprintf(b->keyprefix, sizeof b->keyprefix, "%s%s", keyprefix,
+                     strchr(":_-.", keyprefix[strlen(keyprefix) - 1]) ? "" : "_");
     }
     return b;
 }

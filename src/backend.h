@@ -71,13 +71,16 @@ struct backend {
     int err;               /* last CELERIAC_E* */
     char errstr[256];      /* last error, one line */
     int send_rc;           /* outcome kept by backend_store_send() when not split */
+    char keyprefix[72];    /* Celery >= 5.3 result_backend_transport_options global_keyprefix,
+                            * with its separator: in front of every key ("" = none) */
 };
 
 /* Opens a backend by URL scheme (redis://, redis+socket://, unix://). The
- * connection is made lazily on first use. Caller frees with backend_free().
+ * connection is made lazily on first use. keyprefix (NULL = none) is Celery's
+ * global_keyprefix of the result backend. Caller frees with backend_free().
  * NULL with err set when the URL is unusable. */
-struct backend *backend_new(const char *url, long expires, double retry_timeout, char *err,
-                            size_t errlen);
+struct backend *backend_new(const char *url, long expires, double retry_timeout,
+                            const char *keyprefix, char *err, size_t errlen);
 void backend_free(struct backend *b);
 
 /* Encodes m as JSON (key order as Celery 5.2 writes it). Caller frees with free(). */

@@ -94,8 +94,9 @@ static int append_store(struct backend_redis *r, struct redis_conn *c, size_t n,
     const char *argv[4 + 2 * STORE_BATCH_MAX];
     size_t alen[4 + 2 * STORE_BATCH_MAX];
     size_t total = 0;
+    size_t pl = strlen(r->base.keyprefix);
     for (size_t i = 0; i < n; i++)
-        total += sizeof TASK_KEY_PREFIX + strlen(task_ids[i]);
+        total += pl + sizeof TASK_KEY_PREFIX + strlen(task_ids[i]);
     char *keys = malloc(total ? total : 1);
     if (!keys) {
         snprintf(r->base.errstr, sizeof r->base.errstr, "out of memory");
@@ -109,10 +110,11 @@ static int append_store(struct backend_redis *r, struct redis_conn *c, size_t n,
     char *k = keys;
     for (size_t i = 0; i < n; i++) {
         size_t idlen = strlen(task_ids[i]);
-        memcpy(k, TASK_KEY_PREFIX, sizeof TASK_KEY_PREFIX - 1);
-        memcpy(k + sizeof TASK_KEY_PREFIX - 1, task_ids[i], idlen);
-        argv[argc] = k, alen[argc++] = sizeof TASK_KEY_PREFIX - 1 + idlen;
-        k += sizeof TASK_KEY_PREFIX - 1 + idlen;
+        memcpy(k, r->base.keyprefix, pl);
+        memcpy(k + pl, TASK_KEY_PREFIX, sizeof TASK_KEY_PREFIX - 1);
+        memcpy(k + pl + sizeof TASK_KEY_PREFIX - 1, task_ids[i], idlen);
+        argv[argc] = k, alen[argc++] = pl + sizeof TASK_KEY_PREFIX - 1 + idlen;
+        k += pl + sizeof TASK_KEY_PREFIX - 1 + idlen;
     }
     for (size_t i = 0; i < n; i++)
         argv[argc] = jsons[i], alen[argc++] = lens[i];
@@ -368,7 +370,7 @@ static int redis_get_status(struct backend *b, const char *task_id, char *buf, s
     int rc = ensure_connected(r);
     if (rc < 0)
         return rc;
-    redisReply *rep = redis_conn_cmdf(&r->conn, "GET " TASK_KEY_PREFIX "%s", task_id);
+    redisReply *rep = redis_conn_cmdf(&r->conn, "GET %s" TASK_KEY_PREFIX "%s", r->base.keyprefix, task_id);
     if (!rep)
         return CELERIAC_ECONN;
     if (rep->type == REDIS_REPLY_STRING) {
@@ -439,9 +441,9 @@ static int redis_chord_part_return(struct backend *b, const char *group_id, cons
     struct backend_redis *r = (struct backend_redis *)b;
     char jkey[300], tkey[300], skey[300], ttl[32];
     *parts = NULL;
-    snprintf(jkey, sizeof jkey, GROUP_KEY_PREFIX "%s.j", group_id);
-    snprintf(tkey, sizeof tkey, GROUP_KEY_PREFIX "%s.t", group_id);
-    snprintf(skey, sizeof skey, GROUP_KEY_PREFIX "%s.s", group_id);
+    snprintf(jkey, sizeof jkey, "%s" GROUP_KEY_PREFIX "%s.j", b->keyprefix, group_id);
+    snprintf(tkey, sizeof tkey, "%s" GROUP_KEY_PREFIX "%s.t", b->keyprefix, group_id);
+    snprintf(skey, sizeof skey, "%s" GROUP_KEY_PREFIX "%s.s", b->keyprefix, group_id);
     snprintf(ttl, sizeof ttl, "%ld", b->expires);
     /* MULTI; ZADD; ZCOUNT; GET .t; GET .s; [EXPIRE x3]; EXEC - as redis-py's pipeline. */
     const char *multi[] = {"MULTI"}, *exec[] = {"EXEC"};
@@ -516,9 +518,9 @@ static int redis_chord_clear(struct backend *b, const char *group_id)
 {
     struct backend_redis *r = (struct backend_redis *)b;
     char jkey[300], tkey[300], skey[300];
-    snprintf(jkey, sizeof jkey, GROUP_KEY_PREFIX "%s.j", group_id);
-    snprintf(tkey, sizeof tkey, GROUP_KEY_PREFIX "%s.t", group_id);
-    snprintf(skey, sizeof skey, GROUP_KEY_PREFIX "%s.s", group_id);
+    snprintf(jkey, sizeof jkey, "%s" GROUP_KEY_PREFIX "%s.j", b->keyprefix, group_id);
+    snprintf(tkey, sizeof tkey, "%s" GROUP_KEY_PREFIX "%s.t", b->keyprefix, group_id);
+    snprintf(skey, sizeof skey, "%s" GROUP_KEY_PREFIX "%s.s", b->keyprefix, group_id);
     const char *multi[] = {"MULTI"}, *exec[] = {"EXEC"};
     const char *dj[] = {"DEL", jkey}, *dt[] = {"DEL", tkey}, *ds[] = {"DEL", skey};
     size_t l_multi[] = {5}, l_exec[] = {4};
@@ -537,7 +539,7 @@ static int redis_chord_set_size(struct backend *b, const char *group_id, long si
 {
     struct backend_redis *r = (struct backend_redis *)b;
     char skey[300], val[32], ttl[32];
-    snprintf(skey, sizeof skey, GROUP_KEY_PREFIX "%s.s", group_id);
+    snprintf(skey, sizeof skey, "%s" GROUP_KEY_PREFIX "%s.s", b->keyprefix, group_id);
     snprintf(val, sizeof val, "%ld", size);
     snprintf(ttl, sizeof ttl, "%ld", b->expires);
     /* As the producer's backend.set(): SETEX (or SET) + PUBLISH in one MULTI. */

@@ -88,6 +88,10 @@ static const struct option_def options[] = {
      NULL, "Deepest nesting of arrays/objects accepted"},
     {"max_items", "max-items", 0, OPT_LONG, F(max_items), "1000000", 16, 1e9, NULL,
      "Most values accepted in one decoded document"},
+    {"result_backend_global_keyprefix", "result-backend-global-keyprefix", 0, OPT_STR,
+     F(result_backend_global_keyprefix), NULL, 0, 0, NULL,
+     "Prefix of the result keys, as Celery >= 5.3's result_backend_transport_options "
+     "global_keyprefix ('_' is added unless it ends in : _ - or .)"},
     {"result_backend_retry_timeout", "result-backend-retry-timeout", 0, OPT_DOUBLE,
      F(result_backend_retry_timeout), "120", 0, 86400, NULL,
      "Seconds a result store keeps retrying while the backend is unreachable"},
@@ -507,6 +511,10 @@ enum config_result config_load(struct config *c, int argc, char **argv)
     }
     if (c->global_keyprefix && strlen(c->global_keyprefix) > 64) {
         fprintf(stderr, "celeriac: global_keyprefix must be at most 64 characters\n");
+        return CONFIG_EXIT_USAGE;
+    }
+    if (c->result_backend_global_keyprefix && strlen(c->result_backend_global_keyprefix) > 64) {
+        fprintf(stderr, "celeriac: result_backend_global_keyprefix must be at most 64 characters\n");
         return CONFIG_EXIT_USAGE;
     }
     if (strcmp(c->queue_order_strategy, "round_robin") != 0 &&

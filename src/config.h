@@ -44,6 +44,7 @@ struct config {
     long max_nesting_depth;       /* cap on nesting in envelope and body */
     long max_items;               /* cap on values in one decoded document */
     double result_backend_retry_timeout; /* how long a result store retries */
+    char *result_backend_global_keyprefix; /* result_backend_transport_options global_keyprefix */
     double broker_connection_max_backoff; /* reconnect backoff cap, seconds */
     struct builtin_config builtin;/* process_document settings */
     double time_limit;            /* hard limit per task, seconds; 0 = none */

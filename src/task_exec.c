@@ -428,8 +428,8 @@ void task_exec_child_main(int fd, int index, void *ud)
     task_context_set_progress_interval(x->progress_interval);
     if (x->backend_url && *x->backend_url) {
         char err[256];
-        x->backend = backend_new(x->backend_url, x->result_expires, x->backend_retry_timeout, err,
-                                 sizeof err);
+        x->backend = backend_new(x->backend_url, x->result_expires, x->backend_retry_timeout,
+                                 x->backend_keyprefix, err, sizeof err);
         if (!x->backend)
             log_error("result backend: %s", err);
     }

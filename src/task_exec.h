@@ -34,6 +34,7 @@
 struct task_exec {
     const celeriac_registry *registry; /* borrowed */
     const char *backend_url;           /* borrowed; NULL/empty = results disabled */
+    const char *backend_keyprefix;     /* borrowed; the backend's global_keyprefix, NULL = none */
     long result_expires;
     double backend_retry_timeout;
     const char *hostname;              /* borrowed: node name */

@@ -2095,7 +2095,8 @@ struct worker *worker_new(const struct config *cfg)
     }
     if (cfg->result_backend && *cfg->result_backend) {
         w->backend = backend_new(cfg->result_backend, cfg->result_expires,
-                                 cfg->result_backend_retry_timeout, err, sizeof err);
+                                 cfg->result_backend_retry_timeout,
+                                 cfg->result_backend_global_keyprefix, err, sizeof err);
         if (!w->backend) {
             log_error("result backend: %s", err);
             goto fail;
@@ -2105,6 +2106,7 @@ struct worker *worker_new(const struct config *cfg)
     }
     w->exec.registry = w->registry;
     w->exec.backend_url = cfg->result_backend;
+    w->exec.backend_keyprefix = cfg->result_backend_global_keyprefix;
     w->exec.broker_url = cfg->broker_url;
     w->exec.result_expires = cfg->result_expires;
     w->exec.backend_retry_timeout = cfg->result_backend_retry_timeout;

@@ -1,5 +1,6 @@
 /* test_backend.c - result meta documents in Celery's format (no server). */
 #include <stdlib.h>
+#include <string.h>
 
 #include "test.h"
 #include "backend.h"
@@ -61,10 +62,28 @@ TEST(exception_document)
 TEST(unsupported_backend_url)
 {
     char err[256];
-    CHECK(backend_new("db+postgresql://x/y", 10, 1, err, sizeof err) == NULL);
+    CHECK(backend_new("db+postgresql://x/y", 10, 1, NULL, err, sizeof err) == NULL);
     CHECK(strstr(err, "not supported") != NULL);
-    CHECK(backend_new("redis://h:notaport/0", 10, 1, err, sizeof err) == NULL);
-    struct backend *b = backend_new("redis://127.0.0.1:1/0", 10, 1, err, sizeof err);
+    CHECK(backend_new("redis://h:notaport/0", 10, 1, NULL, err, sizeof err) == NULL);
+    struct backend *b = backend_new("redis://127.0.0.1:1/0", 10, 1, NULL, err, sizeof err);
     CHECK(b != NULL); /* connects lazily */
+    backend_free(b);
+}
+
+/* Celery's _add_global_keyprefix: '_' after the prefix unless it ends in : _ - . */
+TEST(result_keyprefix_separator)
+{
+    char err[256];
+    const char *cases[][2] = {{"pfx", "pfx_"}, {"pfx:", "pfx:"}, {"a_", "a_"}, {"a-", "a-"},
+                              {"a.", "a."}, {"", ""}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct backend *b = backend_new("redis://127.0.0.1:1/0", 10, 1, cases[i][0], err,
+                                        sizeof err);
+        CHECK(b != NULL);
+        CHECK(strcmp(b->keyprefix, cases[i][1]) == 0);
+        backend_free(b);
+    }
+    struct backend *b = backend_new("redis://127.0.0.1:1/0", 10, 1, NULL, err, sizeof err);
+    CHECK(b != NULL && b->keyprefix[0] == 0);
     backend_free(b);
 }
