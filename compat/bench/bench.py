@@ -84,6 +84,7 @@ import argparse
 import gc
 import base64
 import collections
+import contextlib
 import datetime
 import hashlib
 import json
@@ -410,6 +411,48 @@ def make_documents(count, size, seed=20240601):
 
 # ---- the benchmark ------------------------------------------------------------------------
 
+class ClientStates:
+    """Watches what Celery's Redis result consumer (the producer's get()) does
+    with the result states it sees: whether get() found the result with its
+    first read of the result key (then the PUBLISH for that task stays unread
+    on the client's subscription), and how many results of earlier tasks a
+    get() had to read off the subscription before its own (Celery's consumer
+    reads one pubsub message per wait: celery/celery#6963). Observation only:
+    the wrapped method is called unchanged."""
+
+    def __init__(self):
+        from celery.backends.redis import ResultConsumer
+        self.cls, self.orig = ResultConsumer, ResultConsumer.on_state_change
+        self.current, self.rows = None, []
+
+    @contextlib.contextmanager
+    def watch(self, task_id, keep):
+        row = {"by_read": False, "stale": 0}
+        orig, states = self.orig, self
+
+        def on_state_change(consumer, meta, message):
+            if meta.get("status") in ("SUCCESS", "FAILURE", "REVOKED"):
+                if meta.get("task_id") != task_id:
+                    row["stale"] += 1
+                elif message is None:
+                    row["by_read"] = True
+            return orig(consumer, meta, message)
+
+        self.cls.on_state_change = on_state_change
+        try:
+            yield
+        finally:
+            self.cls.on_state_change = orig
+            if keep:
+                states.rows.append(row)
+
+    def summary(self, lat):
+        slow = sorted(range(len(lat)), key=lambda k: -lat[k])[:max(1, len(lat) // 100)]
+        return {"answered_by_first_read": sum(r["by_read"] for r in self.rows),
+                "stale_results_read": sum(r["stale"] for r in self.rows),
+                "slowest_1pct_stale": [self.rows[k]["stale"] for k in slow]}
+
+
 class Functional(Exception):
     """A functional failure: a missing or wrong result, a dead worker."""
 
@@ -712,12 +755,14 @@ class Bench:
         message) and send -> date_done (the consumer's timestamp)."""
         a = self.args
         lat, sends, stored = [], [], []
+        seen = ClientStates()
         for i in range(a.latency_samples + a.latency_warmup):
             wall0 = time.time()
             t0 = time.perf_counter()
             r = self.app.send_task("examples.add", args=(i, 1))
             t1 = time.perf_counter()
-            v = r.get(timeout=30)
+            with seen.watch(r.id, i >= a.latency_warmup):
+                v = r.get(timeout=30)
             dt = time.perf_counter() - t0
             if v != i + 1:
                 raise Functional(f"{name}: examples.add({i}, 1) returned {v!r}")
@@ -735,6 +780,7 @@ class Bench:
                "mean": statistics.fmean(lat),
                "send_task_p50": percentile(sends, 50),
                "samples_ms": [round(x, 3) for x in lat]}
+        out["client"] = seen.summary(lat)
         if stored:
             out["send_to_date_done_p50"] = percentile(stored, 50)
             out["send_to_date_done_p99"] = percentile(stored, 99)
@@ -857,6 +903,10 @@ ROWS = [
 CONFIGS = ["python-prefork", "python-threads", "celeriac"]
 
 
+def lat_samples(results, worker):
+    return dig(results["workers"][worker], ("latency_ms", "samples_ms")) or []
+
+
 def dig(d, path):
     for p in path:
         if not isinstance(d, dict) or d.get(p) is None:
@@ -911,6 +961,17 @@ def render(results):
                 out.append(f"  {', '.join(below)} measured at or below the floor, which was "
                            f"measured once, before the workers: on this host that difference "
                            f"is noise, and the worker's share is not measurable in this run")
+    client = {c: dig(results["workers"][c], ("latency_ms", "client")) for c in cols}
+    client = {c: v for c, v in client.items() if v}
+    if client:
+        out.append("  the producer's get() (Celery's Redis result consumer): calls answered by "
+                   "its first read of the result key; earlier tasks' results it read off its "
+                   "subscription (of which in the slowest 1% of calls)")
+        for c, v in client.items():
+            out.append(f"    {c}: {v['answered_by_first_read']}/{len(lat_samples(results, c))}; "
+                       f"{v['stale_results_read']} ({sum(v['slowest_1pct_stale'])})")
+        out.append("  (a result found by that read leaves its PUBLISH unread; a later get() reads "
+                   "such leftovers one per wait before its own: celery/celery#6963)")
     rb = results.get("redis_benchmark")
     cel = results["workers"].get("celeriac", {})
     cpt = dig(cel, ("add", "redis_commands_per_task"))
