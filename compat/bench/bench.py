@@ -428,7 +428,7 @@ class ClientStates:
     @contextlib.contextmanager
     def watch(self, task_id, keep):
         row = {"by_read": False, "stale": 0}
-        orig, states = self.orig, self
+        orig = self.orig
 
         def on_state_change(consumer, meta, message):
             if meta.get("status") in ("SUCCESS", "FAILURE", "REVOKED"):
@@ -444,7 +444,7 @@ class ClientStates:
         finally:
             self.cls.on_state_change = orig
             if keep:
-                states.rows.append(row)
+                self.rows.append(row)
 
     def summary(self, lat):
         slow = sorted(range(len(lat)), key=lambda k: -lat[k])[:max(1, len(lat) // 100)]
