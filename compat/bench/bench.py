@@ -57,6 +57,16 @@ Per worker configuration (each phase starts a fresh worker process):
            top terms are checked, and document 0's result is compared across
            workers (they are identical apart from the stage timings).
 
+  direct   after the workers, phase 2 (add with results, --repeat runs) against
+           bench-direct (compat/bench/direct.c, built next to celeriac): two
+           processes that each fetch for themselves with celeriac's own code (the
+           batch fetch that pops and reserves atomically, early acks in the next
+           fetch, the results stored with the next fetch), each holding at most
+           --prefetch-multiplier messages, so the window is Celery's. Nothing is
+           handed between processes. It shows what the layout, the window and the
+           Lua calls allow on this machine without a worker's internal hand-offs;
+           it is a reference for celeriac's add row, not a worker.
+
 Python -P threads runs with the celery/celery#6941 workaround from
 python_tasks.py (a 5 ms no-op timer): without it the 5.2 threads pool stalls
 for seconds whenever its prefetched messages are done (seen here: 50 documents
@@ -486,6 +496,9 @@ class Bench:
                           "-n", node, "-l", os.environ.get("BENCH_PY_LOGLEVEL", "warning"),
                           "--without-mingle", "--without-gossip", "--without-heartbeat",
                           "--prefetch-multiplier", str(self.args.prefetch_multiplier)]
+        if name == "bench-direct":
+            return node, [self.args.direct, self.redis.url(0), self.redis.url(1), "2",
+                          str(self.args.prefetch_multiplier)]
         return node, [self.args.celeriac, "worker", "-b", self.redis.url(0), "--result-backend",
                       self.redis.url(1), "-c", "2", "-n", node, "-l", "warning",
                       "--plugin", self.args.plugin, "--prefetch-multiplier",
@@ -818,6 +831,21 @@ class Bench:
             f"send_task alone {out['latency_ms']['send_task_p50']:.2f} ms")
         return out
 
+    def run_direct(self):
+        """The add workload against bench-direct: two processes that each fetch
+        for themselves with celeriac's own broker and backend code, within
+        Celery's prefetch window, with nothing handed between processes. What
+        the window, the layout and the Lua calls allow on this machine once a
+        worker's internal hand-offs are gone: a reference for celeriac's add
+        row, not a worker (no events, remote control or time limits)."""
+        n = self.args.tasks
+        out = {"command": " ".join(self.worker_command("bench-direct")[1])}
+        out["add"] = self.repeated("bench-direct: add", lambda: self.queue_workload(
+            "bench-direct", "examples.add", [(i, i) for i in range(n)],
+            verify=lambda i, v: v == 2 * i))
+        log(f"bench-direct: add {out['add']['throughput_per_s']:.0f}/s")
+        return out
+
     # -- phases
     def run_config(self, name, docs):
         a = self.args
@@ -1017,6 +1045,30 @@ def render(results):
             need = 30 * base
             out.append(f"  30x python-prefork ({need:,.0f} tasks/s) leaves at most "
                        f"{ncpu * 1000.0 / need:.3f} ms of worker + Redis CPU per task")
+    direct = dig(results, ("direct_fetch", "add"))
+    if direct and direct.get("throughput_per_s"):
+        d = direct["throughput_per_s"]
+        out.append("")
+        out.append(f"add without hand-offs (bench-direct: 2 processes each fetching for "
+                   f"themselves with celeriac's broker and backend code, the same window): "
+                   f"{d:,.0f} tasks/s; worker + Redis CPU "
+                   f"{direct['worker_cpu_ms_per_task']:.3f} + {direct['redis_cpu_ms_per_task']:.3f}"
+                   f" ms/task; blocking waits {direct['worker_waits_per_task']:.2f} + "
+                   f"{direct['redis_waits_per_task']:.2f} per task")
+        runs = direct.get("runs") or []
+        if len(runs) > 1:
+            out.append("  per run: " + " / ".join(f"{r['throughput_per_s'] or 0:,.0f}"
+                                                   for r in runs))
+        parts = []
+        thr = dig(results["workers"].get("celeriac", {}), ("add", "throughput_per_s"))
+        base = dig(results["workers"].get("python-prefork", {}), ("add", "throughput_per_s"))
+        if thr:
+            parts.append(f"celeriac reached {100.0 * thr / d:.0f}% of it")
+        if base:
+            parts.append(f"it is {d / base:.1f}x python-prefork")
+        if parts:
+            out.append("  " + "; ".join(parts) + " (a reference for the add row, not a worker: "
+                       "no events, remote control or time limits)")
     rt = results.get("round_trip_cost")
     if rt:
         out.append("")
@@ -1123,6 +1175,9 @@ def main():
     ap.add_argument("--responder", default=None,
                     help="bench-responder binary for the latency floor (default: next to "
                          "--celeriac; the floor is skipped when there is none)")
+    ap.add_argument("--direct", default=None,
+                    help="bench-direct binary for the add reference without hand-offs "
+                         "(default: next to --celeriac; skipped when there is none)")
     ap.add_argument("--keep-logs", action="store_true")
     ap.add_argument("--prefetch-multiplier", type=int, default=4,
                     help="for every worker (default 4, Celery's default; the targets are "
@@ -1147,6 +1202,9 @@ def main():
     if a.responder is None and a.celeriac:
         cand = Path(a.celeriac).parent / "bench-responder"
         a.responder = str(cand) if cand.is_file() else None
+    if a.direct is None and a.celeriac:
+        cand = Path(a.celeriac).parent / "bench-direct"
+        a.direct = str(cand) if cand.is_file() else None
     if a.tasks < 2 or a.documents < 2 or a.latency_samples < 1 or a.repeat < 1 \
             or a.prefetch_multiplier < 1:
         ap.error("need --tasks >= 2, --documents >= 2, --latency-samples >= 1, --repeat >= 1, "
@@ -1211,6 +1269,16 @@ def main():
                                               "WARNING", "warning:")):
                         lines.append(f"{Path(p).name}: {row}")
             results.setdefault("worker_log_findings", {})[w] = lines[:50]
+        if a.direct and "celeriac" in workers:
+            log("=== bench-direct (add without hand-offs, same window)")
+            try:
+                results["direct_fetch"] = bench.run_direct()
+            except Exception as exc:
+                ok = False
+                results["errors"]["bench-direct"] = f"{type(exc).__name__}: {exc}"
+                log(f"bench-direct FAILED: {type(exc).__name__}: {exc}")
+        elif "celeriac" in workers:
+            log("no bench-direct binary: the add reference without hand-offs is skipped")
     except Exception as exc:
         ok = False
         results["errors"]["bench"] = f"{type(exc).__name__}: {exc}"
