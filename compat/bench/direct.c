@@ -161,7 +161,8 @@ static int serve(const char *broker_url, const char *backend_url, size_t window)
         }
         for (size_t i = 0; i < count; i++) {
             run_one(&d[i], &res); /* started: its early ack rides in the next fetch */
-            acks[nacks++] = strdup(d[i].tag);
+            if ((acks[nacks] = strdup(d[i].tag)) != NULL)
+                nacks++;
             free(d[i].body);
         }
         if (count == 0 && !stopping) {
@@ -185,7 +186,10 @@ static int serve(const char *broker_url, const char *backend_url, size_t window)
                                                                     .routing_key = "celery"},
                                     one.body, one.len) == 0) {
                     run_one(&one, &res);
-                    acks[nacks++] = strdup(one.tag);
+                    if ((acks[nacks] = strdup(one.tag)) != NULL)
+                        nacks++;
+                } else {
+                    fprintf(stderr, "bench-direct: reserve: %s\n", b->errstr);
                 }
                 free(one.body);
             }
