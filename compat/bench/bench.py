@@ -65,7 +65,12 @@ Per worker configuration (each phase starts a fresh worker process):
            --prefetch-multiplier messages, so the window is Celery's. Nothing is
            handed between processes. It shows what the layout, the window and the
            Lua calls allow on this machine without a worker's internal hand-offs;
-           it is a reference for celeriac's add row, not a worker.
+           it is a reference for celeriac's add row, not a worker. Then the same
+           with --bookkeeper: a parent process that keeps a main process's books
+           (each process writes it the envelopes it took and the ids whose
+           results it stored, once per fetch cycle; it decodes every envelope's
+           headers and matches the ids), the cost of that bookkeeping in a
+           worker whose pool processes fetch for themselves.
 
 Python -P threads runs with the celery/celery#6941 workaround from
 python_tasks.py (a 5 ms no-op timer): without it the 5.2 threads pool stalls
@@ -496,9 +501,10 @@ class Bench:
                           "-n", node, "-l", os.environ.get("BENCH_PY_LOGLEVEL", "warning"),
                           "--without-mingle", "--without-gossip", "--without-heartbeat",
                           "--prefetch-multiplier", str(self.args.prefetch_multiplier)]
-        if name == "bench-direct":
+        if name in ("bench-direct", "bench-direct-books"):
             return node, [self.args.direct, self.redis.url(0), self.redis.url(1), "2",
-                          str(self.args.prefetch_multiplier)]
+                          str(self.args.prefetch_multiplier)] + (
+                              ["--bookkeeper"] if name == "bench-direct-books" else [])
         return node, [self.args.celeriac, "worker", "-b", self.redis.url(0), "--result-backend",
                       self.redis.url(1), "-c", "2", "-n", node, "-l", "warning",
                       "--plugin", self.args.plugin, "--prefetch-multiplier",
@@ -844,6 +850,12 @@ class Bench:
             "bench-direct", "examples.add", [(i, i) for i in range(n)],
             verify=lambda i, v: v == 2 * i))
         log(f"bench-direct: add {out['add']['throughput_per_s']:.0f}/s")
+        # The same with a parent keeping a main process's books (see direct.c).
+        out["books_command"] = " ".join(self.worker_command("bench-direct-books")[1])
+        out["add_books"] = self.repeated("bench-direct --bookkeeper: add", lambda: self.queue_workload(
+            "bench-direct-books", "examples.add", [(i, i) for i in range(n)],
+            verify=lambda i, v: v == 2 * i))
+        log(f"bench-direct --bookkeeper: add {out['add_books']['throughput_per_s']:.0f}/s")
         return out
 
     # -- phases
@@ -1069,6 +1081,22 @@ def render(results):
         if parts:
             out.append("  " + "; ".join(parts) + " (a reference for the add row, not a worker: "
                        "no events, remote control or time limits)")
+        books = dig(results, ("direct_fetch", "add_books"))
+        if books and books.get("throughput_per_s"):
+            k = books["throughput_per_s"]
+            line = (f"  with a bookkeeping parent (--bookkeeper): {k:,.0f} tasks/s; worker + Redis "
+                    f"CPU {books['worker_cpu_ms_per_task']:.3f} + "
+                    f"{books['redis_cpu_ms_per_task']:.3f} ms/task; blocking waits "
+                    f"{books['worker_waits_per_task']:.2f} + {books['redis_waits_per_task']:.2f}")
+            if base:
+                line += f"; {k / base:.1f}x python-prefork"
+            if thr:
+                line += f"; celeriac reached {100.0 * thr / k:.0f}% of it"
+            out.append(line)
+            runs = books.get("runs") or []
+            if len(runs) > 1:
+                out.append("    per run: " + " / ".join(f"{r['throughput_per_s'] or 0:,.0f}"
+                                                       for r in runs))
     rt = results.get("round_trip_cost")
     if rt:
         out.append("")
