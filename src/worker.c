@@ -145,12 +145,33 @@ static void job_ack_to(struct worker *w, struct job *j, struct tag_list *batch)
     if (j->acked)
         return;
     j->acked = 1;
+    if (j->own) {
+        /* Its pool process sends this ack with its next fetch; kept until it
+         * says ACKED, and sent from here if the process dies first. */
+        struct pool_child *c = pool_find_pid(&w->pool, j->worker_pid);
+        if (c)
+            pool_owe(c, j->msg.delivery_tag);
+        else
+            tag_push(w->state == W_RECONNECTING ? &w->pending_acks : batch, j->msg.delivery_tag);
+        return;
+    }
     if (!j->reserved)
         return;
     if (w->unacked)
         w->unacked--;
     /* Sent with the other acks of this loop iteration (flush_acks). */
     tag_push(w->state == W_RECONNECTING ? &w->pending_acks : batch, j->msg.delivery_tag);
+}
+
+/* A job a fetching pool process took becomes the main process's own: it
+ * acks, restores or requeues it from now on. */
+static void job_take_over(struct worker *w, struct job *j)
+{
+    if (!j || !j->own)
+        return;
+    j->own = 0;
+    if (j->reserved && !j->acked)
+        w->unacked++;
 }
 
 /* Keeps a result a pool process sent back (EXEC_PARENT_STORES); takes doc. */
@@ -819,6 +840,25 @@ static struct pool_child *pipeline_slot(struct worker *w, struct job *j)
     return best;
 }
 
+/* Fetching pool processes: the one holding the least, with room for a job
+ * beside its own window. The job joins its run order behind what it took. */
+static struct pool_child *fetch_slot(struct worker *w)
+{
+    struct pool_child *best = NULL;
+    size_t best_load = POOL_QUEUE_MAX + 1 - POOL_FETCH_MAX;
+    for (size_t i = 0; i < w->pool.n; i++) {
+        struct pool_child *c = &w->pool.children[i];
+        if (!c->pid || c->fd < 0 || c->retiring)
+            continue;
+        size_t load = (size_t)c->busy + c->nqueued + c->nposted;
+        if (load < best_load) {
+            best = c;
+            best_load = load;
+        }
+    }
+    return best;
+}
+
 static void dispatch(struct worker *w)
 {
     struct pool_child *c;
@@ -826,10 +866,15 @@ static void dispatch(struct worker *w)
     double mono = util_monotonic();
     w->next_wake = 0;
     while (*pp) {
-        c = pool_idle(&w->pool);
         int queue = 0;
-        if (!c && (c = pipeline_slot(w, *pp)) != NULL)
+        if (w->pool.fetching) {
+            c = fetch_slot(w);
             queue = 1;
+        } else {
+            c = pool_idle(&w->pool);
+            if (!c && (c = pipeline_slot(w, *pp)) != NULL)
+                queue = 1;
+        }
         if (!c)
             break;
         /* Rate-limited tasks wait in place; the others go past them. */
@@ -1490,8 +1535,8 @@ static size_t prefetch_room(const struct worker *w);
 
 static int can_fetch(const struct worker *w)
 {
-    if (w->state != W_RUNNING)
-        return 0;
+    if (w->state != W_RUNNING || w->pool.fetching)
+        return 0; /* fetching pool processes take the messages */
     if (w->nscheduled >= MAX_SCHEDULED)
         return 0;
     if (results_held(w) >= RESULTS_PENDING_MAX)
