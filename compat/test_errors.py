@@ -104,3 +104,35 @@ def test_wrong_arguments_fail_without_killing_worker(worker, celery_app):
     r.get(timeout=15, propagate=False)
     assert r.state == "FAILURE"
     assert celery_app.send_task("examples.add", args=(1, 1)).get(timeout=15) == 2
+
+
+@pytest.mark.celeriac_only
+def test_discarded_messages_leave_nothing_in_unacked(make_worker, shared_redis, app_factory):
+    """Messages the worker discards (unknown task, refused content, expired) while
+    it takes them in batches (a queue that already holds work) are acknowledged:
+    nothing stays in kombu's unacked hash to be redelivered after the visibility
+    timeout. celeriac-only: the Python 5.2 worker stores no result for refused
+    content (see test_pickle_is_refused_with_content_disallowed), so the gets
+    below would wait forever."""
+    q = f"discard-{uuid.uuid4().hex[:8]}"
+    app = app_factory(shared_redis, accept_content=["json", "pickle"])
+    sent = []
+    for i in range(40):
+        sent.append(("add", app.send_task("examples.add", args=(i, 1), queue=q)))
+        if i % 10 == 5:
+            sent.append(("unknown", app.send_task(f"no.such.task_{i}", queue=q)))
+            sent.append(("pickle", app.send_task("examples.add", args=(1, 2), queue=q,
+                                                 serializer="pickle")))
+            sent.append(("expired", app.send_task("examples.add", args=(1, 2), queue=q,
+                                                  expires=0.001)))
+    broker = shared_redis.client(0)
+    assert broker.llen(q) == len(sent)  # all waiting before the worker starts
+    make_worker(shared_redis, queues=[q], concurrency=2)
+    for kind, r in sent:
+        if kind == "add":
+            r.get(timeout=30)
+        else:
+            with pytest.raises(Exception):
+                r.get(timeout=30)
+    wait_for(lambda: broker.llen(q) == 0 and broker.hlen("unacked") == 0, 20,
+             "queue and unacked hash to empty")

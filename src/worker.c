@@ -625,8 +625,24 @@ static void on_message(struct worker *w, struct broker_delivery *d)
     int rc = task_message_decode(j->envelope, j->len, &w->limits, &j->msg, err, sizeof err);
     if (rc < 0) {
         reject_bad_message(w, d, &j->msg, rc, err);
+        if (d->reserved) /* recorded in unacked by the batch fetch: dropped for good */
+            tag_push(w->state == W_RECONNECTING ? &w->pending_acks : &w->ack_batch, d->tag);
         job_free(j);
         return;
+    }
+    /* Reserved by the batch fetch; the script read the tag with a pattern,
+     * so make sure it is the message's own. A message discarded below is
+     * acknowledged, so nothing is left in unacked to come back later. */
+    int wrong_tag = 0;
+    if (d->reserved) {
+        if (j->msg.delivery_tag && strcmp(d->tag, j->msg.delivery_tag) == 0) {
+            j->reserved = 1;
+            w->unacked++;
+        } else {
+            const char *wrong = d->tag;
+            w->broker->ops->ack_many(w->broker, &wrong, 1);
+            wrong_tag = 1;
+        }
     }
     const char *name = task_message_display_name(&j->msg);
     const struct task_def *def = task_registry_find(w->registry, j->msg.task);
@@ -641,11 +657,13 @@ static void on_message(struct worker *w, struct broker_delivery *d)
         char *exc = task_exec_exc_repr("NotRegistered", j->msg.task);
         event_failed(w, &j->msg, exc, NULL);
         free(exc);
+        job_ack(w, j);
         job_free(j);
         return;
     }
     if (revoked_contains(&w->revoked, j->msg.id, util_now())) {
         announce_discarded(w, j, 0);
+        job_ack(w, j);
         job_free(j);
         return;
     }
@@ -665,11 +683,13 @@ static void on_message(struct worker *w, struct broker_delivery *d)
         char *exc = task_exec_exc_repr("RedeliveryLimitExceeded", msg);
         event_failed(w, &j->msg, exc, NULL);
         free(exc);
+        job_ack(w, j);
         job_free(j);
         return;
     }
     if (j->msg.expires > 0 && j->msg.expires < util_now()) {
         announce_discarded(w, j, 1);
+        job_ack(w, j);
         job_free(j);
         return;
     }
@@ -677,20 +697,8 @@ static void on_message(struct worker *w, struct broker_delivery *d)
     j->flags = (w->cfg->task_track_started ? EXEC_TRACK_STARTED : 0) |
                (w->cfg->task_ignore_result ? EXEC_IGNORE_RESULT : 0) |
                (w->backend ? EXEC_PARENT_STORES : 0);
-    if (d->reserved) {
-        /* Reserved by the batch fetch; the script read the tag with a pattern,
-         * so make sure it is the message's own. */
-        if (j->msg.delivery_tag && strcmp(d->tag, j->msg.delivery_tag) == 0) {
-            j->reserved = 1;
-            w->unacked++;
-        } else {
-            const char *wrong = d->tag;
-            w->broker->ops->ack_many(w->broker, &wrong, 1);
-            job_reserve(w, j);
-        }
-    } else if (j->acks_late || j->msg.eta > util_now()) {
+    if (wrong_tag || (!j->reserved && (j->acks_late || j->msg.eta > util_now())))
         job_reserve(w, j);
-    }
     /* Early-ack jobs that find an idle process right away are never written
      * to unacked (their ack would follow within microseconds, as kombu's
      * reserve+ack pair would); dispatch() reserves any that have to wait. */
