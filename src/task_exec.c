@@ -506,6 +506,7 @@ static struct fetcher {
     char **handoff;              /* owned */
     size_t nhandoff;
     int eof;                     /* the main process closed our link: stop taking */
+    int short_run;               /* the last task run here is known to be short */
 } F;
 
 static void tags_push(struct tags *t, const char *tag)
@@ -622,6 +623,22 @@ static int results_store_now(struct task_exec *x, struct pool_link *l)
     return 0;
 }
 
+static void fetch_disconnect(const char *what);
+
+/* Sends the owed acks now (they otherwise ride with the next fetch). */
+static void acks_now(struct pool_link *l)
+{
+    tags_move_all(&F.acks, &F.stored_late);
+    if (!F.acks.n || !F.connected)
+        return;
+    if (F.b->ops->ack_many(F.b, (const char **)F.acks.v, F.acks.n) < 0) {
+        fetch_disconnect("ack");
+        return;
+    }
+    tags_clear(&F.acks);
+    pool_child_write(l, POOL_ACKED, NULL);
+}
+
 static void fetch_disconnect(const char *what)
 {
     if (!F.connected)
@@ -683,7 +700,8 @@ static void fetch_take(struct task_exec *x, struct pool_link *l, struct broker_d
     int rc = task_message_decode(d->body, d->len, &x->limits, &j->m, err, sizeof err);
     double now = util_now();
     const struct task_def *def = rc == 0 ? task_registry_find(x->registry, j->m.task) : NULL;
-    int mine = def && j->m.id && !(j->m.eta > now) && !(j->m.expires > 0 && j->m.expires < now) &&
+    int mine = def && j->m.id && !(x->revoked && revoked_contains(x->revoked, j->m.id, now)) &&
+               !(j->m.eta > now) && !(j->m.expires > 0 && j->m.expires < now) &&
                !handoff_name(j->m.task) && j->m.delivery_tag && d->reserved &&
                strcmp(j->m.delivery_tag, d->tag) == 0 && F.nheld < FETCH_HELD_MAX &&
                !celeriac_value_get(j->m.headers, "x-celeriac-redeliveries");
@@ -743,6 +761,13 @@ static int read_parent(struct task_exec *x, struct pool_link *l)
                 set_names(&q, &n, "", 0);
             } else if (flags == POOL_CTL_HANDOFF) {
                 set_names(&F.handoff, &F.nhandoff, payload, len);
+            } else if (flags == POOL_CTL_REVOKE && x->revoked) {
+                char **ids = NULL;
+                size_t n = 0;
+                set_names(&ids, &n, payload, len);
+                for (size_t i = 0; i < n; i++)
+                    revoked_add(x->revoked, ids[i], util_now());
+                set_names(&ids, &n, "", 0);
             }
             continue;
         }
@@ -763,7 +788,6 @@ static int read_parent(struct task_exec *x, struct pool_link *l)
         F.nheld++;
         struct pool_outcome acc = {.seq = seq};
         pool_child_write(l, POOL_ACCEPTED, &acc);
-        (void)x;
     }
 }
 
@@ -776,7 +800,8 @@ static void run_next(struct task_exec *x, struct pool_link *l)
     if (j.own)
         F.nown--;
     struct pool_outcome skip = {.status = POOL_SKIP_CANCELLED};
-    if (!pool_child_claim(j.seq)) {
+    if (!pool_child_claim(j.seq) ||
+        (j.own && x->revoked && revoked_contains(x->revoked, j.m.id, util_now()))) {
         pool_child_write(l, POOL_SKIPPED, &skip); /* cancelled: the main process acks */
     } else if (j.own && (F.eof || parent_gone)) {
         /* Stopping before it started: back to its queue. */
@@ -795,8 +820,6 @@ static void run_next(struct task_exec *x, struct pool_link *l)
         int prompt = x->prompt_start || x->time_limit > 0 || x->soft_time_limit > 0 || !j.own ||
                      (j.own && (j.m.time_limit > 0 || j.m.soft_time_limit > 0)) ||
                      !name || !fetch_short(x, name);
-        if (prompt && F.res.n)
-            results_store_now(x, l);
         uint32_t flags = j.flags;
         if (j.own) {
             if (!prompt)
@@ -806,12 +829,22 @@ static void run_next(struct task_exec *x, struct pool_link *l)
             if (!j.acks_late)
                 tags_push(&F.acks, j.tag); /* early ack: rides in the next fetch */
         }
+        if (prompt && F.res.n)
+            results_store_now(x, l);
+        if (prompt)
+            acks_now(l); /* a longer task: acknowledged before it runs, as Celery does */
         if (prompt && !F.res.n)
             pool_child_flush(l);
-        if (j.own)
+        if (j.own) {
+            char *name_copy = strdup(j.m.task);
             run_message(x, l, j.env, j.len, flags, &j.m, 0, "");
-        else
+            F.short_run = name_copy && fetch_short(x, name_copy);
+            free(name_copy);
+        }
+        else {
             run_one(x, l, j.env, j.len, flags);
+            F.short_run = 0;
+        }
         if (j.own && j.acks_late)
             tags_push(&F.late, j.tag);
         if (!F.res.n)
@@ -850,7 +883,10 @@ static void fetch_cycle(struct task_exec *x, struct pool_link *l)
         F.backoff = 0;
     }
     tags_move_all(&F.acks, &F.stored_late);
-    size_t n = x->window;
+    /* The whole window only while tasks are known to be short: a message
+     * taken here waits for this process alone, so with longer tasks (or
+     * none run yet) one at a time, and an idle process takes the next. */
+    size_t n = F.short_run ? x->window : 1;
     int rc = F.b->ops->fetch_batch_send(F.b, (const char *const *)F.acks.v, F.acks.n, n);
     if (rc < 0) {
         fetch_disconnect("fetch");

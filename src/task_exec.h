@@ -6,6 +6,7 @@
 #include "backend.h"
 #include "broker.h"
 #include "celeriac.h"
+#include "revoked.h"
 #include "task_message.h"
 
 /* Flags the parent sends with each job. */
@@ -60,6 +61,9 @@ struct task_exec {
     char *const *handoff;              /* borrowed: task names the main process runs
                                         * (rate-limited) at fork */
     size_t nhandoff;
+    struct revoked *revoked;           /* the worker's revoked ids: the copy forked
+                                        * with the process, kept up to date by
+                                        * CONTROL frames (never saved from here) */
 };
 
 /* pool_child_fn: serves jobs from fd until EOF. */
