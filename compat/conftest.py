@@ -42,6 +42,7 @@ PYTHON = "/usr/bin/python3"
 CELERIAC_BIN = os.environ.get("CELERIAC_BIN", str(REPO / "build" / "celeriac"))
 CELERIAC_EXAMPLES = os.environ.get("CELERIAC_EXAMPLES", str(REPO / "build" / "examples.so"))
 WORKER_KIND = os.environ.get("COMPAT_WORKER", "celeriac")
+POOL_FETCH = "--pool-fetch" in shlex.split(os.environ.get("COMPAT_CELERIAC_ARGS", ""))
 
 # Celery reads these on every conf access and they would override every app's URL:
 # the tests must only ever talk to their own redis-servers on 127.0.0.1.
@@ -247,7 +248,7 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    if "--pool-fetch" in shlex.split(os.environ.get("COMPAT_CELERIAC_ARGS", "")):
+    if POOL_FETCH:
         skip = pytest.mark.skip(reason="the main process hands no jobs over (--pool-fetch)")
         for item in items:
             if "handoff_pool" in item.keywords:

@@ -702,12 +702,28 @@ static void fetch_take(struct task_exec *x, struct pool_link *l, struct broker_d
     const struct task_def *def = rc == 0 ? task_registry_find(x->registry, j->m.task) : NULL;
     int mine = def && j->m.id && !(x->revoked && revoked_contains(x->revoked, j->m.id, now)) &&
                !(j->m.eta > now) && !(j->m.expires > 0 && j->m.expires < now) &&
-               !handoff_name(j->m.task) && j->m.delivery_tag && d->reserved &&
-               strcmp(j->m.delivery_tag, d->tag) == 0 && F.nheld < FETCH_HELD_MAX &&
+               !handoff_name(j->m.task) && j->m.delivery_tag &&
+               (!d->reserved || strcmp(j->m.delivery_tag, d->tag) == 0) &&
+               F.nheld < FETCH_HELD_MAX &&
                !celeriac_value_get(j->m.headers, "x-celeriac-redeliveries");
+    int acks_late = def && (x->acks_late || (def->flags & CELERIAC_TASK_ACKS_LATE));
+    if (mine && !d->reserved) {
+        /* BRPOP brought it: an early-ack task runs at once, as the main
+         * process runs one an idle process takes (its ack follows within the
+         * next round trip); an acks_late one is recorded in unacked first. */
+        struct broker_reservation r = {.delivery_tag = j->m.delivery_tag,
+                                       .exchange = j->m.exchange ? j->m.exchange : "",
+                                       .routing_key = j->m.routing_key ? j->m.routing_key
+                                                                       : d->queue,
+                                       .priority = j->m.priority};
+        if (acks_late && (!F.connected || F.b->ops->reserve(F.b, &r, d->body, d->len) < 0))
+            mine = 0; /* the main process reserves it */
+        snprintf(d->tag, sizeof d->tag, "%s", j->m.delivery_tag);
+    }
     if (!mine) {
         task_message_clear(&j->m);
-        if (pool_delivery_build(&l->out, POOL_HANDOFF, 0, d->tag, d->queue, d->body, d->len) < 0)
+        if (pool_delivery_build(&l->out, POOL_HANDOFF, 0, d->reserved ? d->tag : "", d->queue,
+                                d->body, d->len) < 0)
             log_error("cannot hand a message from %s to the main process; it stays in unacked "
                       "and comes back after visibility_timeout", d->queue);
         free(d->body);
@@ -720,7 +736,7 @@ static void fetch_take(struct task_exec *x, struct pool_link *l, struct broker_d
     j->len = d->len;
     d->body = NULL;
     snprintf(j->tag, sizeof j->tag, "%s", d->tag);
-    j->acks_late = x->acks_late || (def->flags & CELERIAC_TASK_ACKS_LATE);
+    j->acks_late = acks_late;
     j->flags = EXEC_QUEUED | (x->track_started ? EXEC_TRACK_STARTED : 0) |
                (x->ignore_result ? EXEC_IGNORE_RESULT : 0) |
                (x->backend ? EXEC_PARENT_STORES : 0);
@@ -960,29 +976,27 @@ static void fetch_cycle(struct task_exec *x, struct pool_link *l)
         }
         if (got == 0)
             continue;
-        /* kombu's BRPOP path: record it in unacked, then take it as any other. */
-        struct task_message peek = {0};
-        char err[64];
-        struct task_message_limits lim = x->limits;
-        lim.headers_only = 1;
-        task_message_decode(one.body, one.len, &lim, &peek, err, sizeof err);
-        struct broker_reservation r = {.delivery_tag = peek.delivery_tag ? peek.delivery_tag : "",
-                                       .exchange = peek.exchange ? peek.exchange : "",
-                                       .routing_key = peek.routing_key ? peek.routing_key
-                                                                       : one.queue,
-                                       .priority = peek.priority};
-        if (peek.delivery_tag && F.b->ops->reserve(F.b, &r, one.body, one.len) == 0) {
-            one.reserved = 1;
-            snprintf(one.tag, sizeof one.tag, "%s", peek.delivery_tag);
-        }
-        task_message_clear(&peek);
         if (F.eof || parent_gone) {
-            if (!one.reserved || F.b->ops->restore(F.b, one.tag) < 0)
-                log_warning("a message from %s taken while stopping could not be returned",
-                            one.queue);
+            /* Taken while stopping: recorded in unacked and restored to the
+             * head of its queue, as the main process does. */
+            struct task_message peek = {0};
+            char err[64];
+            struct task_message_limits lim = x->limits;
+            lim.headers_only = 1;
+            task_message_decode(one.body, one.len, &lim, &peek, err, sizeof err);
+            struct broker_reservation r = {
+                .delivery_tag = peek.delivery_tag ? peek.delivery_tag : "",
+                .exchange = peek.exchange ? peek.exchange : "",
+                .routing_key = peek.routing_key ? peek.routing_key : one.queue,
+                .priority = peek.priority};
+            if (!peek.delivery_tag || F.b->ops->reserve(F.b, &r, one.body, one.len) < 0 ||
+                F.b->ops->restore(F.b, peek.delivery_tag) < 0)
+                log_warning("a message from %s taken while stopping could not be returned; "
+                            "it is lost unless it was recorded in unacked", one.queue);
+            task_message_clear(&peek);
             free(one.body);
         } else {
-            fetch_take(x, l, &one); /* not reserved: handed to the main process */
+            fetch_take(x, l, &one);
         }
         pool_child_flush(l);
         return;
