@@ -189,6 +189,8 @@ static celeriac_value *cmd_reserved(struct worker *w, const celeriac_value *a, i
             celeriac_value_append(list, worker_request_info(w, c->job, safe));
         for (size_t k = 0; k < c->nqueued; k++)
             celeriac_value_append(list, worker_request_info(w, c->queued[k], safe));
+        for (size_t k = 0; k < c->nposted; k++)
+            celeriac_value_append(list, worker_request_info(w, pool_posted_at(c, k), safe));
     }
     for (struct job *j = w->ready_head; j; j = j->next)
         celeriac_value_append(list, worker_request_info(w, j, safe));

@@ -42,7 +42,8 @@ enum pool_frame {
 enum pool_control {
     POOL_CTL_QUEUES = 1,  /* consume from these queues */
     POOL_CTL_HANDOFF = 2, /* hand off messages of these task names (rate limits) */
-    POOL_CTL_REVOKE = 3   /* these task ids are revoked: never run them */
+    POOL_CTL_REVOKE = 3,  /* these task ids are revoked: never run them */
+    POOL_CTL_PAUSE = 4    /* "1": take no new messages (results cannot be stored); "0": go on */
 };
 
 /* Why a child skipped a job (the status of a SKIPPED outcome). */

@@ -320,7 +320,6 @@ static int run_retry(struct task_exec *x, const struct canvas_env *ce,
     return 0;
 }
 
-static void fetch_result_push(const char *task_id, char *doc, size_t len);
 static void fetch_estimate(const char *name, double runtime);
 
 /* Runs a decoded job (rc and err: the decode's outcome) and reports it; m is
@@ -411,23 +410,15 @@ static void run_message(struct task_exec *x, struct pool_link *l, const char *en
     if (x->fetch && m.task)
         fetch_estimate(m.task, out.runtime);
 done:
-    if (x->fetch) {
-        if (out.meta && m.id) {
-            fetch_result_push(m.id, out.meta, out.meta_len);
-            out.meta = NULL;
-        }
-        pool_child_write(l, POOL_DONE, &out);
-        free(out.detail);
-        task_message_clear(&m);
-        return;
-    }
     pool_child_write(l, POOL_DONE, &out);
     if (out.meta && m.id) {
         kept_push(m.id, out.meta, out.meta_len); /* until the main process stores it */
         out.meta = NULL;
     }
-    /* With the next job already here the DONE rides with its STARTED. */
-    if (!pool_child_pending(l))
+    /* With the next job already here the DONE rides with its STARTED. A
+     * fetching process writes it at once: what it holds next is its own, and
+     * a result must not wait in a process that can be killed. */
+    if (x->fetch || !pool_child_pending(l))
         pool_child_flush(l);
     free(out.detail);
     free(out.meta);
@@ -448,24 +439,23 @@ static void run_one(struct task_exec *x, struct pool_link *l, const char *env, s
 /* ---- a pool process that fetches for itself (worker_pool_fetch) ----------
  *
  * The process takes its own messages with the broker's batch fetch (pop and
- * reserve in unacked, atomically), at most x->window of them not started, and
+ * reserve in unacked, atomically), at most x->window of them not started
+ * while its tasks are known to be short and one at a time otherwise, and
  * tells the main process about each one (RECEIVED, with the envelope) before
- * running it, so the main process keeps its books (inspect, revoke, time
- * limits, events, a lost process's messages) without being on the way.
- * Messages it will not run itself (an ETA, a rate-limited name, anything it
- * cannot decode or does not know, an expired one) go to the main process
- * (HANDOFF), which takes them over as if it had fetched them. RUN jobs from
- * the main process join the run order behind what it holds (ACCEPTED).
+ * running it. The main process keeps its books as if it had handed the job
+ * over (inspect, revoke, time limits, events, a lost process's messages) and
+ * stores the results sent back in DONE, as for any job; it is just not on the
+ * way between the broker and the task. Messages this process will not run
+ * itself (an ETA, a rate-limited name, a revoked id, anything it cannot
+ * decode or does not know, an expired one) go to the main process (HANDOFF),
+ * which takes them over as if it had fetched them. RUN jobs from the main
+ * process join the run order behind what it holds (ACCEPTED).
  *
- * Acks: early acks and, once their results are stored, acks_late acks ride
- * in the next fetch call; ACKED then tells the main process, which keeps
- * every ack the process owes until then (and sends them itself if the
- * process dies first). Results of successful tasks are stored in one call
- * with the next fetch; the frames written after a task (its DONE and what
- * follows) wait until its result is stored, so the main process never
- * reports a task done before its result can be read. Before a task that is
- * not known to be short (or whose STARTED must go out at once: task events,
- * time limits) the results are stored first. */
+ * Early acks ride in the next fetch call, or go at once before a task that is
+ * not known to be short (Celery acks before the task runs); ACKED then tells
+ * the main process, which keeps every ack the process owes until then and
+ * sends them itself if the process dies first. acks_late messages are acked
+ * by the main process once their result is stored. */
 
 #define FETCH_HELD_MAX (POOL_QUEUE_MAX + 1)
 
@@ -491,21 +481,15 @@ static struct fetcher {
     double retry_at;             /* monotonic: next reconnect attempt */
     double backoff;
     struct fetch_job held[FETCH_HELD_MAX];
-    size_t nheld, nown;
+    size_t nheld;
     uint32_t next_seq;
-    struct tags acks;            /* owed, sent with the next fetch */
-    struct tags late;            /* acks_late acks waiting for their results */
-    struct tags stored_late;     /* acks_late acks whose results are stored */
-    struct {                     /* results to store with the next fetch */
-        char **ids, **docs;
-        size_t *lens;
-        size_t n, cap;
-    } res;
+    struct tags acks;            /* owed early acks, sent with the next fetch */
     struct { char *name; double runtime; } est[32];
     size_t nest, evict;
     char **handoff;              /* owned */
     size_t nhandoff;
     int eof;                     /* the main process closed our link: stop taking */
+    int paused;                  /* the main process cannot store results now */
     int short_run;               /* the last task run here is known to be short */
 } F;
 
@@ -528,52 +512,6 @@ static void tags_clear(struct tags *t)
     for (size_t i = 0; i < t->n; i++)
         free(t->v[i]);
     t->n = 0;
-}
-
-static void tags_move_all(struct tags *to, struct tags *from)
-{
-    for (size_t i = 0; i < from->n; i++)
-        tags_push(to, from->v[i]);
-    tags_clear(from);
-}
-
-static void fetch_result_push(const char *task_id, char *doc, size_t len)
-{
-    if (F.res.n == F.res.cap) {
-        size_t cap = F.res.cap ? F.res.cap * 2 : 16;
-        char **ids = realloc(F.res.ids, cap * sizeof *ids);
-        if (ids)
-            F.res.ids = ids;
-        char **docs = realloc(F.res.docs, cap * sizeof *docs);
-        if (docs)
-            F.res.docs = docs;
-        size_t *lens = realloc(F.res.lens, cap * sizeof *lens);
-        if (lens)
-            F.res.lens = lens;
-        if (!ids || !docs || !lens) {
-            log_error("out of memory keeping the result of %s; it is not stored", task_id);
-            free(doc);
-            return;
-        }
-        F.res.cap = cap;
-    }
-    char *id = strdup(task_id);
-    if (!id) {
-        free(doc);
-        return;
-    }
-    F.res.ids[F.res.n] = id;
-    F.res.docs[F.res.n] = doc;
-    F.res.lens[F.res.n++] = len;
-}
-
-static void results_clear(void)
-{
-    for (size_t i = 0; i < F.res.n; i++) {
-        free(F.res.ids[i]);
-        free(F.res.docs[i]);
-    }
-    F.res.n = 0;
 }
 
 static void fetch_estimate(const char *name, double runtime)
@@ -606,39 +544,6 @@ static int fetch_short(const struct task_exec *x, const char *name)
     return 0;
 }
 
-/* Stores the kept results now (and lets the frames waiting for them go).
- * Returns 0, or negative when the backend failed (they stay kept). */
-static int results_store_now(struct task_exec *x, struct pool_link *l)
-{
-    if (F.res.n && x->backend) {
-        if (backend_store_many(x->backend, F.res.n, (const char *const *)F.res.ids,
-                               (const char *const *)F.res.docs, F.res.lens) < 0) {
-            log_error("storing %zu result(s): %s", F.res.n, x->backend->errstr);
-            return CELERIAC_EIO;
-        }
-    }
-    results_clear();
-    tags_move_all(&F.stored_late, &F.late);
-    pool_child_flush(l);
-    return 0;
-}
-
-static void fetch_disconnect(const char *what);
-
-/* Sends the owed acks now (they otherwise ride with the next fetch). */
-static void acks_now(struct pool_link *l)
-{
-    tags_move_all(&F.acks, &F.stored_late);
-    if (!F.acks.n || !F.connected)
-        return;
-    if (F.b->ops->ack_many(F.b, (const char **)F.acks.v, F.acks.n) < 0) {
-        fetch_disconnect("ack");
-        return;
-    }
-    tags_clear(&F.acks);
-    pool_child_write(l, POOL_ACKED, NULL);
-}
-
 static void fetch_disconnect(const char *what)
 {
     if (!F.connected)
@@ -650,6 +555,19 @@ static void fetch_disconnect(const char *what)
     if (F.backoff > 5)
         F.backoff = 5;
     F.retry_at = util_monotonic() + F.backoff;
+}
+
+/* Sends the owed acks now (they otherwise ride with the next fetch). */
+static void acks_now(struct pool_link *l)
+{
+    if (!F.acks.n || !F.connected)
+        return;
+    if (F.b->ops->ack_many(F.b, (const char **)F.acks.v, F.acks.n) < 0) {
+        fetch_disconnect("ack");
+        return;
+    }
+    tags_clear(&F.acks);
+    pool_child_write(l, POOL_ACKED, NULL);
 }
 
 static int handoff_name(const char *name)
@@ -682,8 +600,8 @@ static void set_names(char ***list, size_t *n, const char *names, size_t len)
         size_t e = i;
         while (e < len && names[e])
             e++;
-        if (e > i)
-            v[k++] = strndup(names + i, e - i);
+        if (e > i && (v[k] = strndup(names + i, e - i)) != NULL)
+            k++;
         i = e + 1;
     }
     *list = v;
@@ -694,8 +612,7 @@ static void set_names(char ***list, size_t *n, const char *names, size_t len)
  * main process (HANDOFF). d->body is taken. */
 static void fetch_take(struct task_exec *x, struct pool_link *l, struct broker_delivery *d)
 {
-    struct fetch_job *j = &F.held[F.nheld];
-    memset(j, 0, sizeof *j);
+    struct fetch_job job = {0}, *j = &job;
     char err[256] = "";
     int rc = task_message_decode(d->body, d->len, &x->limits, &j->m, err, sizeof err);
     double now = util_now();
@@ -718,7 +635,8 @@ static void fetch_take(struct task_exec *x, struct pool_link *l, struct broker_d
                                        .priority = j->m.priority};
         if (acks_late && (!F.connected || F.b->ops->reserve(F.b, &r, d->body, d->len) < 0))
             mine = 0; /* the main process reserves it */
-        snprintf(d->tag, sizeof d->tag, "%s", j->m.delivery_tag);
+        else
+            snprintf(d->tag, sizeof d->tag, "%s", j->m.delivery_tag);
     }
     if (!mine) {
         task_message_clear(&j->m);
@@ -737,9 +655,11 @@ static void fetch_take(struct task_exec *x, struct pool_link *l, struct broker_d
     d->body = NULL;
     snprintf(j->tag, sizeof j->tag, "%s", d->tag);
     j->acks_late = acks_late;
+    /* A lone message (BRPOP on a quiet worker) stores its own result: one
+     * hop less before a waiting client sees it. Batches send theirs back. */
     j->flags = EXEC_QUEUED | (x->track_started ? EXEC_TRACK_STARTED : 0) |
                (x->ignore_result ? EXEC_IGNORE_RESULT : 0) |
-               (x->backend ? EXEC_PARENT_STORES : 0);
+               (x->backend && d->reserved ? EXEC_PARENT_STORES : 0);
     pool_child_queue_own(j->seq);
     if (pool_delivery_build(&l->out, POOL_RECEIVED, j->seq, d->tag, d->queue, j->env, j->len) < 0) {
         /* The main process cannot know it: it stays in unacked for the
@@ -750,13 +670,12 @@ static void fetch_take(struct task_exec *x, struct pool_link *l, struct broker_d
         free(j->env);
         return;
     }
-    F.nheld++;
-    F.nown++;
+    F.held[F.nheld++] = job;
 }
 
 /* Reads the main process's frames without blocking: RUN jobs join the run
- * order, CONTROL frames change queues and hand-off names. Returns negative at
- * EOF. */
+ * order, CONTROL frames change queues, hand-off names, revoked ids and the
+ * pause. Returns negative at EOF. */
 static int read_parent(struct task_exec *x, struct pool_link *l)
 {
     for (;;) {
@@ -768,23 +687,20 @@ static int read_parent(struct task_exec *x, struct pool_link *l)
         if (rc <= 0)
             return rc;
         if (type == POOL_CONTROL) {
-            if (flags == POOL_CTL_QUEUES) {
-                char **q = NULL;
-                size_t n = 0;
-                set_names(&q, &n, payload, len);
-                if (n && F.b->ops->set_queues(F.b, q, n) < 0)
-                    log_error("cannot change queues: %s", F.b->errstr);
-                set_names(&q, &n, "", 0);
-            } else if (flags == POOL_CTL_HANDOFF) {
+            char **names = NULL;
+            size_t n = 0;
+            if (flags == POOL_CTL_HANDOFF) {
                 set_names(&F.handoff, &F.nhandoff, payload, len);
-            } else if (flags == POOL_CTL_REVOKE && x->revoked) {
-                char **ids = NULL;
-                size_t n = 0;
-                set_names(&ids, &n, payload, len);
-                for (size_t i = 0; i < n; i++)
-                    revoked_add(x->revoked, ids[i], util_now());
-                set_names(&ids, &n, "", 0);
+                continue;
             }
+            set_names(&names, &n, payload, len);
+            if (flags == POOL_CTL_QUEUES && n && F.b->ops->set_queues(F.b, names, n) < 0)
+                log_error("cannot change queues: %s", F.b->errstr);
+            for (size_t i = 0; flags == POOL_CTL_REVOKE && x->revoked && i < n; i++)
+                revoked_add(x->revoked, names[i], util_now());
+            if (flags == POOL_CTL_PAUSE)
+                F.paused = n > 0 && strcmp(names[0], "1") == 0;
+            set_names(&names, &n, "", 0);
             continue;
         }
         if (F.nheld >= FETCH_HELD_MAX) {
@@ -813,12 +729,11 @@ static void run_next(struct task_exec *x, struct pool_link *l)
     struct fetch_job j = F.held[0];
     memmove(F.held, F.held + 1, (F.nheld - 1) * sizeof F.held[0]);
     F.nheld--;
-    if (j.own)
-        F.nown--;
     struct pool_outcome skip = {.status = POOL_SKIP_CANCELLED};
     if (!pool_child_claim(j.seq) ||
         (j.own && x->revoked && revoked_contains(x->revoked, j.m.id, util_now()))) {
         pool_child_write(l, POOL_SKIPPED, &skip); /* cancelled: the main process acks */
+        pool_child_flush(l);
     } else if (j.own && (F.eof || parent_gone)) {
         /* Stopping before it started: back to its queue. */
         if (parent_gone) {
@@ -828,43 +743,38 @@ static void run_next(struct task_exec *x, struct pool_link *l)
         } else {
             skip.status = POOL_SKIP_RETURNED;
             pool_child_write(l, POOL_SKIPPED, &skip);
+            pool_child_flush(l);
         }
     } else if (!j.own && (j.flags & EXEC_QUEUED) && parent_gone) {
         /* never acknowledged: it waits in unacked */
     } else {
         const char *name = j.own ? j.m.task : NULL;
-        int prompt = x->prompt_start || x->time_limit > 0 || x->soft_time_limit > 0 || !j.own ||
-                     (j.own && (j.m.time_limit > 0 || j.m.soft_time_limit > 0)) ||
-                     !name || !fetch_short(x, name);
+        /* A task not known to be short is acknowledged before it runs and
+         * says STARTED at once; so does every task whose start someone
+         * watches (task events, time limits). */
+        int longer = !j.own || !name || !fetch_short(x, name) || j.m.time_limit > 0 ||
+                     j.m.soft_time_limit > 0;
+        int prompt = longer || x->prompt_start || x->time_limit > 0 || x->soft_time_limit > 0;
         uint32_t flags = j.flags;
         if (j.own) {
             if (!prompt)
-                flags |= EXEC_QUIET_START;
+                flags |= EXEC_QUIET_START; /* its STARTED rides with its DONE */
             if (log_get_level() > LOG_INFO && !x->prompt_start)
                 flags |= EXEC_NO_REPR;
             if (!j.acks_late)
                 tags_push(&F.acks, j.tag); /* early ack: rides in the next fetch */
         }
-        if (prompt && F.res.n)
-            results_store_now(x, l);
-        if (prompt)
-            acks_now(l); /* a longer task: acknowledged before it runs, as Celery does */
-        if (prompt && !F.res.n)
-            pool_child_flush(l);
+        if (longer)
+            acks_now(l); /* acknowledged before it runs, as Celery does */
         if (j.own) {
             char *name_copy = strdup(j.m.task);
             run_message(x, l, j.env, j.len, flags, &j.m, 0, "");
             F.short_run = name_copy && fetch_short(x, name_copy);
             free(name_copy);
-        }
-        else {
+        } else {
             run_one(x, l, j.env, j.len, flags);
             F.short_run = 0;
         }
-        if (j.own && j.acks_late)
-            tags_push(&F.late, j.tag);
-        if (!F.res.n)
-            pool_child_flush(l);
     }
     task_message_clear(&j.m);
     free(j.env);
@@ -878,19 +788,43 @@ static int fetch_wait(struct pool_link *l, int ms)
     return poll(p, 2, ms);
 }
 
-/* One round trip: the owed acks, the kept results, and up to window new
- * messages; then BRPOP while the queues are empty. */
+/* Returns a message taken while stopping to the head of its queue (recorded
+ * in unacked first when BRPOP brought it), as the main process does. */
+static void fetch_give_back(struct task_exec *x, struct broker_delivery *d)
+{
+    struct task_message peek = {0};
+    char err[64];
+    struct task_message_limits lim = x->limits;
+    lim.headers_only = 1;
+    task_message_decode(d->body, d->len, &lim, &peek, err, sizeof err);
+    const char *tag = d->reserved ? d->tag : peek.delivery_tag;
+    struct broker_reservation r = {.delivery_tag = tag ? tag : "",
+                                   .exchange = peek.exchange ? peek.exchange : "",
+                                   .routing_key = peek.routing_key ? peek.routing_key : d->queue,
+                                   .priority = peek.priority};
+    if (!tag || (!d->reserved && F.b->ops->reserve(F.b, &r, d->body, d->len) < 0) ||
+        F.b->ops->restore(F.b, tag) < 0)
+        log_warning("a message from %s taken while stopping could not be returned%s", d->queue,
+                    d->reserved ? "; it comes back after visibility_timeout" : "");
+    task_message_clear(&peek);
+    free(d->body);
+    d->body = NULL;
+}
+
+/* One round trip: the owed acks and up to window new messages; then BRPOP
+ * while the queues are empty. */
 static void fetch_cycle(struct task_exec *x, struct pool_link *l)
 {
     double mono = util_monotonic();
     if (!F.connected) {
         if (mono < F.retry_at) {
             fetch_wait(l, (int)((F.retry_at - mono) * 1000) + 1);
-            read_parent(x, l) < 0 ? (void)(F.eof = 1) : (void)0;
+            if (read_parent(x, l) < 0)
+                F.eof = 1;
             return;
         }
         if (F.b->ops->connect(F.b) < 0) {
-            F.connected = 1;
+            F.connected = 1; /* for fetch_disconnect()'s backoff */
             fetch_disconnect("connect");
             return;
         }
@@ -898,23 +832,17 @@ static void fetch_cycle(struct task_exec *x, struct pool_link *l)
         F.connected = 1;
         F.backoff = 0;
     }
-    tags_move_all(&F.acks, &F.stored_late);
     /* The whole window only while tasks are known to be short: a message
      * taken here waits for this process alone, so with longer tasks (or
      * none run yet) one at a time, and an idle process takes the next. */
     size_t n = F.short_run ? x->window : 1;
-    int rc = F.b->ops->fetch_batch_send(F.b, (const char *const *)F.acks.v, F.acks.n, n);
-    if (rc < 0) {
+    if (F.b->ops->fetch_batch_send(F.b, (const char *const *)F.acks.v, F.acks.n, n) < 0) {
         fetch_disconnect("fetch");
-        results_store_now(x, l);
         return;
     }
-    int storing = F.res.n && x->backend &&
-                  backend_store_send(x->backend, F.res.n, (const char *const *)F.res.ids,
-                                     (const char *const *)F.res.docs, F.res.lens) == 0;
     struct broker_delivery d[POOL_FETCH_MAX];
     size_t count = 0;
-    rc = 0;
+    int rc = 0;
     while (rc == 0) {
         if (fetch_wait(l, 1000) < 0 && errno != EINTR) {
             rc = -1;
@@ -924,35 +852,23 @@ static void fetch_cycle(struct task_exec *x, struct pool_link *l)
             F.eof = 1;
         rc = F.b->ops->fetch_batch_read(F.b, d, POOL_FETCH_MAX, &count);
     }
-    if (storing) {
-        if (backend_store_recv(x->backend, F.res.n, (const char *const *)F.res.ids,
-                               (const char *const *)F.res.docs, F.res.lens) < 0)
-            log_error("storing %zu result(s): %s", F.res.n, x->backend->errstr);
-        results_clear();
-        tags_move_all(&F.stored_late, &F.late);
-    } else if (F.res.n) {
-        results_store_now(x, l);
-    }
     if (rc < 0 && count == 0) {
         fetch_disconnect("fetch"); /* the acks are sent again once it is back */
         pool_child_flush(l);
         return;
     }
-    tags_clear(&F.acks);
-    pool_child_write(l, POOL_ACKED, NULL);
+    if (F.acks.n) {
+        tags_clear(&F.acks);
+        pool_child_write(l, POOL_ACKED, NULL);
+    }
     for (size_t i = 0; i < count; i++) {
-        if (F.eof || parent_gone) {
-            /* Stopping: straight back (it was reserved with the pop). */
-            if (F.b->ops->restore(F.b, d[i].tag) < 0)
-                log_warning("could not return a message to %s; it comes back after "
-                            "visibility_timeout", d[i].queue);
-            free(d[i].body);
-            continue;
-        }
-        fetch_take(x, l, &d[i]);
+        if (F.eof || parent_gone)
+            fetch_give_back(x, &d[i]);
+        else
+            fetch_take(x, l, &d[i]);
     }
     pool_child_flush(l);
-    if (count > 0 || F.eof || parent_gone || F.nheld)
+    if (count > 0 || F.eof || parent_gone || F.nheld || F.paused)
         return;
     /* Nothing waiting: BRPOP (1 s) until a message or the main process comes. */
     if (F.b->ops->fetch_start(F.b) < 0) {
@@ -964,7 +880,7 @@ static void fetch_cycle(struct task_exec *x, struct pool_link *l)
         fetch_wait(l, 1000);
         if (read_parent(x, l) < 0)
             F.eof = 1;
-        if ((F.eof || F.nheld || parent_gone) && F.b->ops->fetch_fd(F.b) >= 0)
+        if ((F.eof || F.nheld || parent_gone || F.paused) && F.b->ops->fetch_fd(F.b) >= 0)
             F.b->ops->fetch_cancel(F.b);
         if (F.b->ops->fetch_fd(F.b) < 0)
             return; /* cancelled and answered */
@@ -976,28 +892,10 @@ static void fetch_cycle(struct task_exec *x, struct pool_link *l)
         }
         if (got == 0)
             continue;
-        if (F.eof || parent_gone) {
-            /* Taken while stopping: recorded in unacked and restored to the
-             * head of its queue, as the main process does. */
-            struct task_message peek = {0};
-            char err[64];
-            struct task_message_limits lim = x->limits;
-            lim.headers_only = 1;
-            task_message_decode(one.body, one.len, &lim, &peek, err, sizeof err);
-            struct broker_reservation r = {
-                .delivery_tag = peek.delivery_tag ? peek.delivery_tag : "",
-                .exchange = peek.exchange ? peek.exchange : "",
-                .routing_key = peek.routing_key ? peek.routing_key : one.queue,
-                .priority = peek.priority};
-            if (!peek.delivery_tag || F.b->ops->reserve(F.b, &r, one.body, one.len) < 0 ||
-                F.b->ops->restore(F.b, peek.delivery_tag) < 0)
-                log_warning("a message from %s taken while stopping could not be returned; "
-                            "it is lost unless it was recorded in unacked", one.queue);
-            task_message_clear(&peek);
-            free(one.body);
-        } else {
+        if (F.eof || parent_gone || F.paused)
+            fetch_give_back(x, &one);
+        else
             fetch_take(x, l, &one);
-        }
         pool_child_flush(l);
         return;
     }
@@ -1013,7 +911,6 @@ static void fetch_main(struct task_exec *x, struct pool_link *l)
     }
     if (F.b->ops->set_queues(F.b, (char **)x->queues, x->nqueues) < 0)
         log_error("broker (fetching): %s", F.b->errstr);
-    set_names(&F.handoff, &F.nhandoff, "", 0);
     for (size_t i = 0; i < x->nhandoff; i++) {
         char **v = realloc(F.handoff, (F.nhandoff + 1) * sizeof *v);
         if (!v)
@@ -1022,11 +919,10 @@ static void fetch_main(struct task_exec *x, struct pool_link *l)
         if ((v[F.nhandoff] = strdup(x->handoff[i])) != NULL)
             F.nhandoff++;
     }
+    F.paused = x->paused;
     F.connected = 1;
     if (F.b->ops->connect(F.b) < 0)
         fetch_disconnect("connect");
-    else
-        F.connected = 1;
     if (x->window > POOL_FETCH_MAX)
         x->window = POOL_FETCH_MAX;
     if (x->window < 1)
@@ -1040,28 +936,26 @@ static void fetch_main(struct task_exec *x, struct pool_link *l)
         }
         if (F.eof || parent_gone)
             break;
+        if (F.paused) {
+            /* The main process cannot store results now: take nothing new. */
+            acks_now(l);
+            pool_child_flush(l);
+            struct pollfd p = {.fd = l->fd, .events = POLLIN};
+            poll(&p, 1, 1000);
+            continue;
+        }
         fetch_cycle(x, l);
     }
-    /* Leaving: the results, then the acks they allow, then the frames. */
-    results_store_now(x, l);
-    tags_move_all(&F.acks, &F.stored_late);
-    if (F.acks.n && (!F.connected ||
-                     F.b->ops->ack_many(F.b, (const char **)F.acks.v, F.acks.n) < 0))
+    acks_now(l);
+    if (F.acks.n)
         log_warning("%zu acknowledgement(s) could not be sent; the main process sends them",
                     F.acks.n);
-    else
-        pool_child_write(l, POOL_ACKED, NULL);
     tags_clear(&F.acks);
     pool_child_flush(l);
     broker_free(F.b);
     F.b = NULL;
     set_names(&F.handoff, &F.nhandoff, "", 0);
     free(F.acks.v);
-    free(F.late.v);
-    free(F.stored_late.v);
-    free(F.res.ids);
-    free(F.res.docs);
-    free(F.res.lens);
     for (size_t i = 0; i < F.nest; i++)
         free(F.est[i].name);
 }
@@ -1097,6 +991,8 @@ void task_exec_child_main(int fd, int index, void *ud)
     struct pool_link link = {.fd = fd};
     if (x->fetch) {
         fetch_main(x, &link);
+        kept_settle(x); /* results the main process had not stored yet */
+        kept_free();
         pool_link_free(&link);
         backend_free(x->backend);
         x->backend = NULL;

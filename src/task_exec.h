@@ -61,6 +61,7 @@ struct task_exec {
     char *const *handoff;              /* borrowed: task names the main process runs
                                         * (rate-limited) at fork */
     size_t nhandoff;
+    int paused;                        /* take no messages at start (POOL_CTL_PAUSE) */
     struct revoked *revoked;           /* the worker's revoked ids: the copy forked
                                         * with the process, kept up to date by
                                         * CONTROL frames (never saved from here) */

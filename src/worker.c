@@ -779,9 +779,13 @@ static void on_received(struct worker *w, struct pool_child *c, const struct poo
     if (task_message_decode(j->envelope, j->len, &w->limits, &j->msg, err, sizeof err) < 0)
         log_error("a pool process took a message this process cannot decode: %s", err);
     const struct task_def *def = task_registry_find(w->registry, j->msg.task);
-    j->own = 1;
     j->reserved = 1;
     j->acks_late = w->cfg->task_acks_late || (def && (def->flags & CELERIAC_TASK_ACKS_LATE));
+    /* The process acks early-ack jobs itself; acks_late ones are acked from
+     * here once their result is stored. */
+    j->own = !j->acks_late;
+    if (!j->own)
+        w->unacked++;
     j->worker_pid = c->pid;
     job_limits(w, j);
     if (!j->msg.delivery_tag || (size_t)strlen(j->msg.delivery_tag) != tl ||
@@ -1530,13 +1534,16 @@ static void autoscale(struct worker *w, double mono)
         return;
     size_t size = pool_size(&w->pool);
     size_t max = (size_t)w->autoscale_max, min = (size_t)w->autoscale_min;
-    if (w->nready > 0 && size < max) {
-        size_t add = w->nready < max - size ? w->nready : max - size;
+    /* Work waiting: jobs no process took yet, or (fetching processes) jobs
+     * held behind the running ones. */
+    size_t waiting = w->pool.fetching ? (w->nactive > size ? w->nactive - size : 0) : w->nready;
+    if (waiting > 0 && size < max) {
+        size_t add = waiting < max - size ? waiting : max - size;
         log_info("autoscale: growing pool by %zu (to %zu)", add, size + add);
         if (pool_grow(&w->pool, add) < 0)
             log_error("autoscale: %s", w->pool.errstr);
         w->last_scale = mono;
-    } else if (w->nready == 0 && size > min && size > w->nactive && mono - w->last_scale > 30) {
+    } else if (waiting == 0 && size > min && size > w->nactive && mono - w->last_scale > 30) {
         log_info("autoscale: shrinking pool to %zu", size - 1);
         pool_shrink(&w->pool, 1);
         w->last_scale = mono;
@@ -1773,6 +1780,21 @@ static size_t fetch_recv(struct worker *w)
 
 static int stop_finished(struct worker *w);
 
+/* Fetching pool processes take no new messages while the results they send
+ * back cannot be stored (the main process's batch is full). */
+static void pause_fetching(struct worker *w, int pause)
+{
+    if (pause == w->exec.paused)
+        return;
+    w->exec.paused = pause; /* processes forked from now on start so */
+    if (pause)
+        log_warning("result backend not keeping up: pool processes take no new messages");
+    for (size_t i = 0; i < w->pool.n; i++)
+        if (w->pool.children[i].pid && w->pool.children[i].fd >= 0 &&
+            pool_control(&w->pool.children[i], POOL_CTL_PAUSE, pause ? "1" : "0", 2) < 0)
+            log_warning("ForkPoolWorker-%d did not take the pause", w->pool.children[i].index);
+}
+
 static int loop_once(struct worker *w)
 {
     worker_cron(w);
@@ -1799,6 +1821,8 @@ static int loop_once(struct worker *w)
         broker_lost(w, "fetch"); /* forgets the batch: its acks wait for the broker */
     }
     bfd = w->broker->ops->fetch_fd(w->broker);
+    if (w->pool.fetching)
+        pause_fetching(w, results_held(w) >= RESULTS_PENDING_MAX);
     /* The results collected since the last store go out after the fetch, so
      * Redis answers the fetch first: the next messages are on the critical
      * path, the store's reply is not. */
@@ -2162,6 +2186,15 @@ size_t worker_revoke(struct worker *w, const char *const *ids, size_t n, int ter
                 if (nterm < max)
                     terminated[nterm] = j->msg.id;
                 nterm++;
+            }
+            /* Posted to a fetching process and not yet in its run order. */
+            for (size_t q = 0; q < c->nposted; q++) {
+                struct job *j = pool_posted_at(c, q);
+                if (!j->msg.id || strcmp(j->msg.id, ids[i]) != 0 || !pool_cancel(c, j))
+                    continue;
+                if (terminate && nterm < max)
+                    terminated[nterm] = j->msg.id;
+                nterm += terminate != 0;
             }
         }
     }
