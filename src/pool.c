@@ -3,6 +3,7 @@
 #include "pool.h"
 
 #include <dirent.h>
+#include <poll.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -819,9 +820,37 @@ int pool_child_write(struct pool_link *l, int type, const struct pool_outcome *o
     return 0;
 }
 
+/* write_all() for a duplex link: never blocks on a full socket while the
+ * parent may be blocked writing to this child. */
+static int write_duplex(struct pool_link *l)
+{
+    size_t off = 0;
+    int reading = 1;
+    while (off < l->out.len) {
+        ssize_t w = send(l->fd, l->out.p + off, l->out.len - off, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (w > 0) {
+            off += (size_t)w;
+            continue;
+        }
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+            return CELERIAC_EIO;
+        struct pollfd p = {.fd = l->fd, .events = POLLOUT | (reading ? POLLIN : 0)};
+        if (poll(&p, 1, -1) < 0 && errno != EINTR)
+            return CELERIAC_EIO;
+        if (reading && (p.revents & (POLLIN | POLLHUP))) {
+            ssize_t r = link_fill(l, MSG_DONTWAIT);
+            if (r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
+                reading = 0; /* EOF (or an error the next read reports) */
+        }
+    }
+    return 0;
+}
+
 int pool_child_flush(struct pool_link *l)
 {
-    int rc = l->out.len ? write_all(l->fd, l->out.p, l->out.len) : 0;
+    int rc = !l->out.len ? 0 : l->duplex ? write_duplex(l) : write_all(l->fd, l->out.p, l->out.len);
     l->out.len = 0;
     return rc < 0 ? CELERIAC_EIO : 0;
 }

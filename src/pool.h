@@ -204,6 +204,9 @@ struct pool_link {
     struct buf in;  /* owned: bytes read, not yet consumed */
     size_t in_off;  /* consumed prefix of in */
     struct buf out; /* owned: frames not yet written */
+    int duplex;     /* a fetching child: while a write waits for room, what the
+                     * parent sends is read into in (the parent may be waiting
+                     * to write to us too, with a large RUN frame) */
 };
 /* A fetching child: the next frame from the parent (RUN or CONTROL) without
  * claiming it. block: wait for one. Returns 1 with *type set (RUN: flags,

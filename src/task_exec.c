@@ -655,11 +655,11 @@ static void fetch_take(struct task_exec *x, struct pool_link *l, struct broker_d
     d->body = NULL;
     snprintf(j->tag, sizeof j->tag, "%s", d->tag);
     j->acks_late = acks_late;
-    /* A lone message (BRPOP on a quiet worker) stores its own result: one
-     * hop less before a waiting client sees it. Batches send theirs back. */
+    /* Every result goes back to the main process, which stores it (and
+     * retries while the backend is down) without holding up this process. */
     j->flags = EXEC_QUEUED | (x->track_started ? EXEC_TRACK_STARTED : 0) |
                (x->ignore_result ? EXEC_IGNORE_RESULT : 0) |
-               (x->backend && d->reserved ? EXEC_PARENT_STORES : 0);
+               (x->backend ? EXEC_PARENT_STORES : 0);
     pool_child_queue_own(j->seq);
     if (pool_delivery_build(&l->out, POOL_RECEIVED, j->seq, d->tag, d->queue, j->env, j->len) < 0) {
         /* The main process cannot know it: it stays in unacked for the
@@ -811,6 +811,21 @@ static void fetch_give_back(struct task_exec *x, struct broker_delivery *d)
     d->body = NULL;
 }
 
+/* Seconds without a reply before an outstanding fetch counts as a lost link:
+ * BRPOP's own 1 s timeout plus the 10 s every other broker command gets (as
+ * in the main process). */
+#define FETCH_REPLY_TIMEOUT 11.0
+
+/* A broker that stopped answering without closing the link. */
+static int fetch_silent(double since)
+{
+    if (util_monotonic() - since <= FETCH_REPLY_TIMEOUT)
+        return 0;
+    snprintf(F.b->errstr, sizeof F.b->errstr, "no reply in %.0f s", FETCH_REPLY_TIMEOUT);
+    fetch_disconnect("fetch");
+    return 1;
+}
+
 /* One round trip: the owed acks and up to window new messages; then BRPOP
  * while the queues are empty. */
 static void fetch_cycle(struct task_exec *x, struct pool_link *l)
@@ -843,6 +858,7 @@ static void fetch_cycle(struct task_exec *x, struct pool_link *l)
     struct broker_delivery d[POOL_FETCH_MAX];
     size_t count = 0;
     int rc = 0;
+    double sent_at = util_monotonic();
     while (rc == 0) {
         if (fetch_wait(l, 1000) < 0 && errno != EINTR) {
             rc = -1;
@@ -851,6 +867,8 @@ static void fetch_cycle(struct task_exec *x, struct pool_link *l)
         if (read_parent(x, l) < 0)
             F.eof = 1;
         rc = F.b->ops->fetch_batch_read(F.b, d, POOL_FETCH_MAX, &count);
+        if (rc == 0 && fetch_silent(sent_at))
+            return;
     }
     if (rc < 0 && count == 0) {
         fetch_disconnect("fetch"); /* the acks are sent again once it is back */
@@ -875,8 +893,11 @@ static void fetch_cycle(struct task_exec *x, struct pool_link *l)
         fetch_disconnect("fetch");
         return;
     }
+    double since = util_monotonic();
     for (;;) {
         struct broker_delivery one = {0};
+        if (fetch_silent(since))
+            return;
         fetch_wait(l, 1000);
         if (read_parent(x, l) < 0)
             F.eof = 1;
@@ -890,8 +911,19 @@ static void fetch_cycle(struct task_exec *x, struct pool_link *l)
             fetch_disconnect("fetch");
             return;
         }
-        if (got == 0)
+        if (got == 0) {
+            if (F.b->ops->fetch_fd(F.b) < 0) {
+                /* BRPOP timed out with nothing: ask again. */
+                if (F.eof || F.nheld || parent_gone || F.paused)
+                    return;
+                if (F.b->ops->fetch_start(F.b) < 0) {
+                    fetch_disconnect("fetch");
+                    return;
+                }
+                since = util_monotonic();
+            }
             continue;
+        }
         if (F.eof || parent_gone || F.paused)
             fetch_give_back(x, &one);
         else
@@ -990,6 +1022,7 @@ void task_exec_child_main(int fd, int index, void *ud)
         _exit(0);
     struct pool_link link = {.fd = fd};
     if (x->fetch) {
+        link.duplex = 1;
         fetch_main(x, &link);
         kept_settle(x); /* results the main process had not stored yet */
         kept_free();

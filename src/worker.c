@@ -1534,9 +1534,31 @@ static void autoscale(struct worker *w, double mono)
         return;
     size_t size = pool_size(&w->pool);
     size_t max = (size_t)w->autoscale_max, min = (size_t)w->autoscale_min;
-    /* Work waiting: jobs no process took yet, or (fetching processes) jobs
-     * held behind the running ones. */
-    size_t waiting = w->pool.fetching ? (w->nactive > size ? w->nactive - size : 0) : w->nready;
+    /* Work waiting: jobs no process took yet. Fetching processes leave the
+     * backlog in the broker: there, jobs held behind the running ones, or
+     * every process busy for a second. */
+    size_t waiting = w->nready;
+    if (w->pool.fetching) {
+        /* A process going from one task to the next is idle for a moment:
+         * only an idle spell of 0.1 s ends "every process busy". */
+        if (w->nactive < size) {
+            if (w->some_idle_since == 0)
+                w->some_idle_since = mono;
+            else if (mono - w->some_idle_since >= 0.1)
+                w->all_busy_since = 0;
+        } else {
+            if (w->some_idle_since > 0 && mono - w->some_idle_since >= 0.1)
+                w->all_busy_since = 0;
+            w->some_idle_since = 0;
+            if (w->all_busy_since == 0)
+                w->all_busy_since = mono;
+        }
+        waiting = w->nactive > size                                  ? w->nactive - size
+                  : w->all_busy_since > 0 && mono - w->all_busy_since >= 1 ? 1
+                                                                      : 0;
+        if (waiting)
+            w->all_busy_since = 0; /* another second before the next step */
+    }
     if (waiting > 0 && size < max) {
         size_t add = waiting < max - size ? waiting : max - size;
         log_info("autoscale: growing pool by %zu (to %zu)", add, size + add);

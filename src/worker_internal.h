@@ -121,6 +121,9 @@ struct worker {
     double next_wake;                    /* monotonic: earliest rate-limit refill needed */
     double cold_deadline;                /* monotonic: soft shutdown ends, 0 = not in one */
     double last_scale;                   /* monotonic: last autoscale change */
+    double all_busy_since;               /* monotonic: every pool process busy since (fetching
+                                          * processes, autoscale), 0 = not now */
+    double some_idle_since;              /* monotonic: a pool process idle since, 0 = none */
     long autoscale_max, autoscale_min;   /* from --autoscale or the autoscale command; 0 = off */
     struct buf pack;                     /* owned: scratch for task_message_pack() in dispatch */
     struct strlist handoff;              /* owned: task names fetching pool processes hand
