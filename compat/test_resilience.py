@@ -315,7 +315,7 @@ def test_pool_process_killed_during_a_flood_loses_nothing(make_worker, redis_fac
     assert len(lost) <= killed
     wait_for(lambda: redis.client(0).hlen("unacked") == 0, 20, "unacked to empty")
     assert w.alive
-    if budget == "0":
+    if budget == "0" and not POOL_FETCH:  # a fetching process holds what it took, not started
         assert "not started go to another process" not in w.logfile.read_text(errors="replace")
 
 
