@@ -12,10 +12,13 @@ Environment:
                       the real Python Celery worker (compat/reference/) to check
                       that the tests expect what Celery really does.
   COMPAT_KEEP_LOGS    directory to copy every worker log into (CI artefacts).
+  COMPAT_CELERIAC_ARGS  extra flags for every celeriac worker (e.g. "--pool-fetch":
+                      the whole suite against that mode).
 """
 import gc
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -39,6 +42,7 @@ PYTHON = "/usr/bin/python3"
 CELERIAC_BIN = os.environ.get("CELERIAC_BIN", str(REPO / "build" / "celeriac"))
 CELERIAC_EXAMPLES = os.environ.get("CELERIAC_EXAMPLES", str(REPO / "build" / "examples.so"))
 WORKER_KIND = os.environ.get("COMPAT_WORKER", "celeriac")
+POOL_FETCH = "--pool-fetch" in shlex.split(os.environ.get("COMPAT_CELERIAC_ARGS", ""))
 
 # Celery reads these on every conf access and they would override every app's URL:
 # the tests must only ever talk to their own redis-servers on 127.0.0.1.
@@ -89,7 +93,7 @@ class Worker:
                  "--pidfile", str(self.pidfile), "--logfile", str(self.logfile)]
         if self.plugins:
             args += ["--plugin", CELERIAC_EXAMPLES]
-        return args + self.extra
+        return args + shlex.split(os.environ.get("COMPAT_CELERIAC_ARGS", "")) + self.extra
 
     def _python_command(self):
         args = [PYTHON, "-m", "celery", "-A", "reference.refworker"]
@@ -235,6 +239,8 @@ class Worker:
 def pytest_configure(config):
     config.addinivalue_line("markers", "celeriac_only: exercises celeriac's own CLI or "
                             "robustness promises; skipped with COMPAT_WORKER=python")
+    config.addinivalue_line("markers", "handoff_pool: checks how the main process hands jobs "
+                            "to its pool processes; skipped with --pool-fetch")
     config.addinivalue_line("markers", "timeout(seconds): per-test deadline")
     if config.pluginmanager.hasplugin("timeout"):
         if config.getoption("timeout", None) is None and "PYTEST_TIMEOUT" not in os.environ:
@@ -242,6 +248,11 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    if POOL_FETCH:
+        skip = pytest.mark.skip(reason="the main process hands no jobs over (--pool-fetch)")
+        for item in items:
+            if "handoff_pool" in item.keywords:
+                item.add_marker(skip)
     if WORKER_KIND == "python":
         skip = pytest.mark.skip(reason="celeriac-only behaviour (COMPAT_WORKER=python)")
         for item in items:

@@ -454,6 +454,7 @@ def test_scheduled_then_revoke_eta_task(mw, monitor, mon_redis, mon_app):
              10, "the cast revoke to be applied")
 
 
+@pytest.mark.handoff_pool  # with --pool-fetch a busy process takes no more messages
 def test_revoke_queued_task(mw, monitor, mon_redis, mon_app):
     blockers = [send(mon_app, "examples.sleep", 5) for _ in range(CONCURRENCY)]
     for b in blockers:

@@ -134,6 +134,7 @@ def test_concurrency_runs_tasks_in_parallel(make_worker, shared_redis, celery_ap
 
 
 @pytest.mark.celeriac_only  # which celeriac process writes a result
+@pytest.mark.handoff_pool
 def test_lone_result_stored_by_its_process_and_floods_batched_by_the_main_one(
         make_worker, redis_factory, app_factory):
     """A lone task on a quiet worker stores its own result (one hop less before the

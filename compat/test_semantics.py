@@ -341,6 +341,7 @@ def test_expires_while_queued_behind_running_tasks(main):
 
 @pytest.mark.celeriac_only  # Celery 5.2 writes a task to a pool process only when it is idle
 @pytest.mark.timeout(60)
+@pytest.mark.handoff_pool  # pipelining into a busy process
 @pytest.mark.parametrize("terminate", [False, True], ids=["revoke", "revoke-terminate"])
 def test_revoke_of_a_task_queued_in_a_busy_process(spawn, terminate):
     """celeriac queues short tasks in a busy pool process behind its running one
@@ -383,6 +384,7 @@ def test_revoke_of_a_task_queued_in_a_busy_process(spawn, terminate):
 
 @pytest.mark.celeriac_only  # Celery 5.2 writes a task to a pool process only when it is idle
 @pytest.mark.timeout(60)
+@pytest.mark.handoff_pool  # pipelining into a busy process
 def test_expiry_of_a_task_queued_in_a_busy_process(spawn):
     """A short task queued in a busy pool process (pipelining: the examples.sleep(5)
     blocker looks short from its sleep(0.0002) runs) whose expiry passes while it waits

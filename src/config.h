@@ -60,6 +60,7 @@ struct config {
     double progress_interval;     /* minimum seconds between stored progress updates */
     double pipeline_budget;       /* expected seconds queued in a busy process (0 = off) */
     int pool_sched_batch;         /* pool processes run under SCHED_BATCH */
+    int pool_fetch;               /* pool processes fetch their own messages */
     double heartbeat_interval;    /* worker-heartbeat period, seconds */
     int without_heartbeat;        /* send no worker-heartbeat */
     char *statedb;                /* revoked ids persisted here (-S) */

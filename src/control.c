@@ -189,6 +189,8 @@ static celeriac_value *cmd_reserved(struct worker *w, const celeriac_value *a, i
             celeriac_value_append(list, worker_request_info(w, c->job, safe));
         for (size_t k = 0; k < c->nqueued; k++)
             celeriac_value_append(list, worker_request_info(w, c->queued[k], safe));
+        for (size_t k = 0; k < c->nposted; k++)
+            celeriac_value_append(list, worker_request_info(w, pool_posted_at(c, k), safe));
     }
     for (struct job *j = w->ready_head; j; j = j->next)
         celeriac_value_append(list, worker_request_info(w, j, safe));
@@ -545,6 +547,7 @@ static celeriac_value *cmd_rate_limit(struct worker *w, const celeriac_value *a,
     if (!p)
         return nok("out of memory");
     p->rate = rate;
+    worker_policies_changed(w);
     p->tokens = 1;
     if (celeriac_value_string(rv, NULL))
         snprintf(p->rate_text, sizeof p->rate_text, "%s", celeriac_value_string(rv, NULL));
@@ -570,6 +573,7 @@ static celeriac_value *cmd_time_limit(struct worker *w, const celeriac_value *a,
     const celeriac_value *soft = celeriac_value_get(a, "soft");
     p->hard = celeriac_value_type(hard) == CELERIAC_NULL ? 0 : celeriac_value_double(hard);
     p->soft = celeriac_value_type(soft) == CELERIAC_NULL ? 0 : celeriac_value_double(soft);
+    worker_policies_changed(w);
     log_info("New time limits for tasks of type %s: soft=%g hard=%g", task, p->soft, p->hard);
     return ok("time limits set successfully");
 }

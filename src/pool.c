@@ -3,6 +3,7 @@
 #include "pool.h"
 
 #include <dirent.h>
+#include <poll.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -38,8 +39,16 @@ _Static_assert(POOL_SLOTS > POOL_QUEUE_MAX + 1, "a child holds up to 1 + POOL_QU
 /* After the slots, one more shared word: how many of the results the child
  * handed over (DONE with meta) the parent has stored (see
  * pool_results_stored()). */
-#define STORED_WORD POOL_SLOTS
-#define SLOTS_SIZE ((POOL_SLOTS + 1) * sizeof(pool_slot))
+#define STORED_WORD (2 * POOL_SLOTS)
+#define SLOTS_SIZE ((2 * POOL_SLOTS + 1) * sizeof(pool_slot))
+_Static_assert(POOL_FETCH_MAX < POOL_QUEUE_MAX, "a fetching child also takes RUN jobs");
+
+/* The parent's sequence numbers use the slots [0, POOL_SLOTS), a fetching
+ * child's own (POOL_SEQ_CHILD set) the next POOL_SLOTS. */
+static size_t slot_index(uint32_t seq)
+{
+    return (seq & POOL_SEQ_CHILD ? POOL_SLOTS : 0) + seq % POOL_SLOTS;
+}
 
 static unsigned slot_word(uint32_t seq, unsigned state)
 {
@@ -174,6 +183,9 @@ static int spawn(struct pool *p, struct pool_child *c)
     c->tasks_run = 0;
     c->retiring = 0;
     c->replace = 0;
+    c->nposted = 0;
+    c->fetching = p->fetching;
+    pool_owed_clear(c);
     return 0;
 }
 
@@ -203,7 +215,8 @@ int pool_respawn(struct pool *p, size_t i)
 struct pool_child *pool_idle(struct pool *p)
 {
     for (size_t i = 0; i < p->n; i++)
-        if (p->children[i].pid && !p->children[i].busy && !p->children[i].retiring)
+        if (p->children[i].pid && !p->children[i].busy && !p->children[i].retiring &&
+            p->children[i].nposted == 0)
             return &p->children[i];
     return NULL;
 }
@@ -282,7 +295,9 @@ int pool_postv(struct pool_child *c, uint32_t flags, const struct iovec *iov, si
         return CELERIAC_EINVAL;
     if (c->fd < 0)
         return CELERIAC_ECONN;
-    uint32_t seq = c->seq_next & SEQ_MASK;
+    if (c->nposted >= POOL_QUEUE_MAX)
+        return CELERIAC_EINVAL;
+    uint32_t seq = c->seq_next & (POOL_SEQ_CHILD - 1);
     unsigned char hdr[RUN_HEADER];
     uint32_t total = (uint32_t)(len + RUN_HEADER - 4);
     memcpy(hdr, &total, 4);
@@ -299,7 +314,13 @@ int pool_postv(struct pool_child *c, uint32_t flags, const struct iovec *iov, si
     }
     c->seq_next++;
     /* The child may claim the job the moment the frame is written. */
-    atomic_store(&((pool_slot *)c->slots)[seq % POOL_SLOTS], slot_word(seq, SLOT_QUEUED));
+    atomic_store(&((pool_slot *)c->slots)[slot_index(seq)], slot_word(seq, SLOT_QUEUED));
+    if (c->fetching) {
+        /* It joins the run order when the child says ACCEPTED. */
+        c->posted_seq[c->nposted] = seq;
+        c->posted[c->nposted++] = job;
+        return 0;
+    }
     if (c->busy) {
         c->queued_seq[c->nqueued] = seq;
         c->queued[c->nqueued++] = job;
@@ -335,15 +356,20 @@ int pool_cancel(struct pool_child *c, const void *job)
     if (c->job == job && !c->started) {
         seq = c->job_seq;
     } else {
-        size_t k = 0;
+        size_t k = 0, p = 0;
         while (k < c->nqueued && c->queued[k] != job)
             k++;
-        if (k == c->nqueued)
+        while (p < c->nposted && c->posted[p] != job)
+            p++;
+        if (k < c->nqueued)
+            seq = c->queued_seq[k];
+        else if (p < c->nposted)
+            seq = c->posted_seq[p];
+        else
             return 0;
-        seq = c->queued_seq[k];
     }
     unsigned expect = slot_word(seq, SLOT_QUEUED);
-    if (atomic_compare_exchange_strong(&((pool_slot *)c->slots)[seq % POOL_SLOTS], &expect,
+    if (atomic_compare_exchange_strong(&((pool_slot *)c->slots)[slot_index(seq)], &expect,
                                        slot_word(seq, SLOT_CANCELLED)))
         return 1;
     return expect == slot_word(seq, SLOT_CANCELLED); /* cancelled before */
@@ -381,6 +407,22 @@ int pool_read(struct pool_child *c, int *type, struct pool_outcome *out)
                 *type = f[0];
                 if (*type == POOL_SKIPPED)
                     out->status = total >= 2 ? f[1] : POOL_SKIP_CANCELLED;
+                if (*type == POOL_ACCEPTED) {
+                    if (total < 5)
+                        return CELERIAC_EPROTO;
+                    memcpy(&out->seq, f + 1, 4);
+                }
+                if (*type == POOL_RECEIVED || *type == POOL_HANDOFF) {
+                    if (total < 5)
+                        return CELERIAC_EPROTO;
+                    memcpy(&out->seq, f + 1, 4);
+                    out->meta_len = total - 5;
+                    out->meta = malloc(out->meta_len + 1);
+                    if (!out->meta)
+                        return CELERIAC_ENOMEM;
+                    memcpy(out->meta, f + 5, out->meta_len);
+                    out->meta[out->meta_len] = 0;
+                }
                 if (*type == POOL_DONE) {
                     uint32_t dlen;
                     if (total < 14)
@@ -440,15 +482,142 @@ void pool_forget(struct pool_child *c)
     c->busy = 0;
     c->job = NULL;
     c->nqueued = 0;
+    c->nposted = 0;
     buf_free(&c->in);
     buf_free(&c->out);
 }
 
 void pool_close(struct pool *p)
 {
+    /* A fetching child stops taking messages at EOF, busy or not. */
     for (size_t i = 0; i < p->n; i++)
-        if (p->children[i].fd >= 0 && !p->children[i].busy)
+        if (p->children[i].fd >= 0 && (!p->children[i].busy || p->fetching))
             shutdown(p->children[i].fd, SHUT_WR);
+}
+
+int pool_received(struct pool_child *c, uint32_t seq, void *job)
+{
+    if (!c->busy) {
+        c->busy = 1;
+        c->started = 0;
+        c->job = job;
+        c->job_seq = seq;
+        return 0;
+    }
+    if (c->nqueued >= POOL_QUEUE_MAX)
+        return CELERIAC_EINVAL;
+    c->queued_seq[c->nqueued] = seq;
+    c->queued[c->nqueued++] = job;
+    return 0;
+}
+
+void *pool_accepted(struct pool_child *c, uint32_t seq)
+{
+    size_t k = 0;
+    while (k < c->nposted && c->posted_seq[k] != seq)
+        k++;
+    if (k == c->nposted)
+        return NULL;
+    void *job = c->posted[k];
+    memmove(c->posted + k, c->posted + k + 1, (c->nposted - k - 1) * sizeof c->posted[0]);
+    memmove(c->posted_seq + k, c->posted_seq + k + 1,
+            (c->nposted - k - 1) * sizeof c->posted_seq[0]);
+    c->nposted--;
+    if (pool_received(c, seq, job) < 0)
+        return NULL; /* the child holds more than it may: a protocol error */
+    return job;
+}
+
+void *pool_posted_at(const struct pool_child *c, size_t k)
+{
+    return k < c->nposted ? c->posted[k] : NULL;
+}
+
+size_t pool_posted_drop(struct pool_child *c)
+{
+    size_t n = c->nposted;
+    c->nposted = 0;
+    return n;
+}
+
+void pool_owe(struct pool_child *c, const char *tag)
+{
+    if (c->nowed == c->owed_cap) {
+        size_t cap = c->owed_cap ? c->owed_cap * 2 : 16;
+        char **o = realloc(c->owed, cap * sizeof *o);
+        if (!o)
+            return;
+        c->owed = o;
+        c->owed_cap = cap;
+    }
+    if ((c->owed[c->nowed] = strdup(tag)) != NULL)
+        c->nowed++;
+}
+
+void pool_owed_clear(struct pool_child *c)
+{
+    for (size_t i = 0; i < c->nowed; i++)
+        free(c->owed[i]);
+    c->nowed = 0;
+}
+
+int pool_control(struct pool_child *c, int kind, const char *names, size_t len)
+{
+    if (c->fd < 0)
+        return CELERIAC_ECONN;
+    if (len > MAX_FRAME - 8)
+        return CELERIAC_ETOOBIG;
+    unsigned char hdr[6];
+    uint32_t total = (uint32_t)(len + 2);
+    memcpy(hdr, &total, 4);
+    hdr[4] = POOL_CONTROL;
+    hdr[5] = (unsigned char)kind;
+    if (buf_append(&c->out, hdr, sizeof hdr) < 0 || (len && buf_append(&c->out, names, len) < 0))
+        return CELERIAC_ENOMEM;
+    return pool_flush(c);
+}
+
+/* RECEIVED / HANDOFF: u32 length, u8 type, u32 seq, u8 tag length, tag,
+ * u8 queue length, queue, envelope. */
+int pool_delivery_build(struct buf *out, int type, uint32_t seq, const char *tag,
+                        const char *queue, const char *envelope, size_t len)
+{
+    size_t tl = strlen(tag), ql = strlen(queue);
+    if (tl > 255 || ql > 255 || len > MAX_FRAME - 16 - tl - ql)
+        return CELERIAC_ETOOBIG;
+    uint32_t total = (uint32_t)(1 + 4 + 1 + tl + 1 + ql + len);
+    unsigned char t = (unsigned char)type, l8;
+    if (buf_append(out, &total, 4) < 0 || buf_append(out, &t, 1) < 0 ||
+        buf_append(out, &seq, 4) < 0)
+        return CELERIAC_ENOMEM;
+    l8 = (unsigned char)tl;
+    if (buf_append(out, &l8, 1) < 0 || buf_append(out, tag, tl) < 0)
+        return CELERIAC_ENOMEM;
+    l8 = (unsigned char)ql;
+    if (buf_append(out, &l8, 1) < 0 || buf_append(out, queue, ql) < 0 ||
+        buf_append(out, envelope, len) < 0)
+        return CELERIAC_ENOMEM;
+    return 0;
+}
+
+int pool_delivery_parse(const char *payload, size_t len, const char **tag, size_t *tag_len,
+                        const char **queue, size_t *queue_len, const char **envelope,
+                        size_t *env_len)
+{
+    const unsigned char *p = (const unsigned char *)payload;
+    if (len < 2 || (size_t)p[0] + 2 > len)
+        return CELERIAC_EPROTO;
+    *tag = payload + 1;
+    *tag_len = p[0];
+    size_t off = 1 + p[0];
+    if ((size_t)p[off] + off + 1 > len)
+        return CELERIAC_EPROTO;
+    *queue = payload + off + 1;
+    *queue_len = p[off];
+    off += 1 + p[off];
+    *envelope = payload + off;
+    *env_len = len - off;
+    return 0;
 }
 
 void pool_kill(struct pool *p, int sig)
@@ -464,6 +633,8 @@ void pool_free(struct pool *p)
         pool_forget(&p->children[i]);
         if (p->children[i].slots)
             munmap(p->children[i].slots, SLOTS_SIZE);
+        pool_owed_clear(&p->children[i]);
+        free(p->children[i].owed);
     }
     free(p->children);
     p->children = NULL;
@@ -529,7 +700,7 @@ int pool_child_read(struct pool_link *l, uint32_t *flags, const char **envelope,
         l->in_off += n;
         unsigned expect = slot_word(seq, SLOT_QUEUED);
         if (!child_slots ||
-            atomic_compare_exchange_strong(&child_slots[seq % POOL_SLOTS], &expect,
+            atomic_compare_exchange_strong(&child_slots[slot_index(seq)], &expect,
                                            slot_word(seq, SLOT_RUNNING)))
             return 0;
         /* Cancelled by the parent while it waited here: answered in order. */
@@ -537,6 +708,61 @@ int pool_child_read(struct pool_link *l, uint32_t *flags, const char **envelope,
         if (pool_child_write(l, POOL_SKIPPED, &skip) < 0)
             return CELERIAC_ENOMEM;
     }
+}
+
+int pool_child_next(struct pool_link *l, int block, int *type, uint32_t *flags, uint32_t *seq,
+                    const char **payload, size_t *len)
+{
+    int bad;
+    size_t n;
+    while ((n = link_frame(l, &bad)) == 0) {
+        if (bad)
+            return CELERIAC_EPROTO;
+        if (!block) {
+            ssize_t r = link_fill(l, MSG_DONTWAIT);
+            if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+                return 0;
+            if (r <= 0)
+                return CELERIAC_ECONN;
+            continue;
+        }
+        if (pool_child_flush(l) < 0 || link_fill(l, 0) <= 0)
+            return CELERIAC_ECONN;
+    }
+    const char *f = l->in.p + l->in_off;
+    *type = (unsigned char)f[4];
+    if (*type == POOL_RUN) {
+        if (n < RUN_HEADER)
+            return CELERIAC_EPROTO;
+        memcpy(flags, f + 5, 4);
+        memcpy(seq, f + 9, 4);
+        *payload = f + RUN_HEADER;
+        *len = n - RUN_HEADER;
+    } else if (*type == POOL_CONTROL) {
+        if (n < 6)
+            return CELERIAC_EPROTO;
+        *flags = (unsigned char)f[5];
+        *seq = 0;
+        *payload = f + 6;
+        *len = n - 6;
+    } else {
+        return CELERIAC_EPROTO;
+    }
+    l->in_off += n;
+    return 1;
+}
+
+void pool_child_queue_own(uint32_t seq)
+{
+    if (child_slots)
+        atomic_store(&child_slots[slot_index(seq)], slot_word(seq, SLOT_QUEUED));
+}
+
+int pool_child_claim(uint32_t seq)
+{
+    unsigned expect = slot_word(seq, SLOT_QUEUED);
+    return !child_slots || atomic_compare_exchange_strong(&child_slots[slot_index(seq)], &expect,
+                                                          slot_word(seq, SLOT_RUNNING));
 }
 
 void pool_results_stored(struct pool_child *c, unsigned n)
@@ -564,7 +790,10 @@ int pool_child_write(struct pool_link *l, int type, const struct pool_outcome *o
 {
     size_t dlen = out && out->detail ? strlen(out->detail) : 0;
     size_t mlen = out && out->meta ? out->meta_len : 0;
-    size_t total = type == POOL_DONE ? 14 + dlen + mlen : type == POOL_SKIPPED ? 2 : 1;
+    size_t total = type == POOL_DONE      ? 14 + dlen + mlen
+                   : type == POOL_SKIPPED   ? 2
+                   : type == POOL_ACCEPTED ? 5
+                                            : 1;
     if (total > MAX_FRAME)
         return CELERIAC_ETOOBIG;
     unsigned char hdr[18];
@@ -580,6 +809,10 @@ int pool_child_write(struct pool_link *l, int type, const struct pool_outcome *o
     } else if (type == POOL_SKIPPED) {
         hdr[5] = (unsigned char)(out ? out->status : POOL_SKIP_CANCELLED);
         hlen = 6;
+    } else if (type == POOL_ACCEPTED) {
+        uint32_t seq = out ? out->seq : 0;
+        memcpy(hdr + 5, &seq, 4);
+        hlen = 9;
     }
     if (buf_append(&l->out, hdr, hlen) < 0 || (dlen && buf_append(&l->out, out->detail, dlen) < 0) ||
         (mlen && buf_append(&l->out, out->meta, mlen) < 0))
@@ -587,9 +820,37 @@ int pool_child_write(struct pool_link *l, int type, const struct pool_outcome *o
     return 0;
 }
 
+/* write_all() for a duplex link: never blocks on a full socket while the
+ * parent may be blocked writing to this child. */
+static int write_duplex(struct pool_link *l)
+{
+    size_t off = 0;
+    int reading = 1;
+    while (off < l->out.len) {
+        ssize_t w = send(l->fd, l->out.p + off, l->out.len - off, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (w > 0) {
+            off += (size_t)w;
+            continue;
+        }
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+            return CELERIAC_EIO;
+        struct pollfd p = {.fd = l->fd, .events = POLLOUT | (reading ? POLLIN : 0)};
+        if (poll(&p, 1, -1) < 0 && errno != EINTR)
+            return CELERIAC_EIO;
+        if (reading && (p.revents & (POLLIN | POLLHUP))) {
+            ssize_t r = link_fill(l, MSG_DONTWAIT);
+            if (r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
+                reading = 0; /* EOF (or an error the next read reports) */
+        }
+    }
+    return 0;
+}
+
 int pool_child_flush(struct pool_link *l)
 {
-    int rc = l->out.len ? write_all(l->fd, l->out.p, l->out.len) : 0;
+    int rc = !l->out.len ? 0 : l->duplex ? write_duplex(l) : write_all(l->fd, l->out.p, l->out.len);
     l->out.len = 0;
     return rc < 0 ? CELERIAC_EIO : 0;
 }

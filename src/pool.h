@@ -12,7 +12,11 @@
 
 /* Jobs a busy process may hold behind the one it runs (short tasks only;
  * see dispatch() in worker.c). */
-#define POOL_QUEUE_MAX 8
+#define POOL_QUEUE_MAX 16
+/* Messages a pool process that fetches for itself (struct pool.fetching)
+ * holds at most, taken but not started; the parent may queue RUN jobs
+ * behind them up to POOL_QUEUE_MAX in all. */
+#define POOL_FETCH_MAX 8
 
 /* Frame types. */
 enum pool_frame {
@@ -20,13 +24,34 @@ enum pool_frame {
     POOL_STARTED = 2, /* child -> parent: task began (pid known) */
     POOL_DONE = 3,    /* child -> parent: outcome (u8 status, f64 runtime,
                        * u32 detail length, detail, meta) */
-    POOL_SKIPPED = 4  /* child -> parent: the job did not run (u8 enum pool_skip) */
+    POOL_SKIPPED = 4, /* child -> parent: the job did not run (u8 enum pool_skip) */
+    /* Pool processes that fetch for themselves (struct pool.fetching): */
+    POOL_RECEIVED = 5, /* child -> parent: it took a message it will run (u32 sequence
+                        * number, u8 tag length, tag, u8 queue length, queue, envelope);
+                        * it joins the child's run order */
+    POOL_ACCEPTED = 6, /* child -> parent: a RUN job (u32 sequence number) joined the
+                        * child's run order, behind what it took before */
+    POOL_HANDOFF = 7,  /* child -> parent: a message it took and will not run (ETA,
+                        * rate limit, anything unusual): the parent takes it over
+                        * (payload as RECEIVED, sequence number unused) */
+    POOL_ACKED = 8,    /* child -> parent: every ack it owed for jobs it reported
+                        * (STARTED, or DONE with acks_late) is done */
+    POOL_CONTROL = 9   /* parent -> child: u8 enum pool_control, NUL-separated names */
+};
+
+enum pool_control {
+    POOL_CTL_QUEUES = 1,  /* consume from these queues */
+    POOL_CTL_HANDOFF = 2, /* hand off messages of these task names (rate limits) */
+    POOL_CTL_REVOKE = 3,  /* these task ids are revoked: never run them */
+    POOL_CTL_PAUSE = 4    /* "1": take no new messages (results cannot be stored); "0": go on */
 };
 
 /* Why a child skipped a job (the status of a SKIPPED outcome). */
 enum pool_skip {
     POOL_SKIP_CANCELLED = 0, /* the parent cancelled it (pool_cancel) */
-    POOL_SKIP_EXPIRED = 1    /* its expiry time passed while it waited */
+    POOL_SKIP_EXPIRED = 1,   /* its expiry time passed while it waited */
+    POOL_SKIP_RETURNED = 2   /* a fetching child stopped before running a message it
+                              * took: the parent returns it to its queue */
 };
 
 /* Every RUN frame carries a sequence number; its slot in memory shared with
@@ -34,7 +59,10 @@ enum pool_skip {
  * child claims it (QUEUED -> RUNNING) before it runs it; the parent cancels
  * a job still queued there (QUEUED -> CANCELLED). One atomic compare-and-swap
  * decides which came first. POOL_SLOTS exceeds the jobs a child can hold. */
-#define POOL_SLOTS 16
+#define POOL_SLOTS 32
+/* Sequence numbers a fetching child gives the messages it takes carry this
+ * bit; their slots are a second set of POOL_SLOTS, after the parent's. */
+#define POOL_SEQ_CHILD 0x20000000u
 
 /* Outcome of one task, as the child reports it. */
 enum pool_status { POOL_SUCCESS = 0, POOL_FAILURE = 1, POOL_IGNORED = 2, POOL_RETRY = 3 };
@@ -45,8 +73,10 @@ struct pool_outcome {
     char *detail;      /* owned: result repr (success) or exception repr (failure) */
     char *meta;        /* owned: the encoded result meta for the parent to store
                         * (batched with others, see task_exec.h); NULL when the
-                        * child stored it or nothing is stored */
+                        * child stored it or nothing is stored. RECEIVED and
+                        * HANDOFF: the payload (see pool_delivery_parse()) */
     size_t meta_len;
+    uint32_t seq;      /* RECEIVED, ACCEPTED: the job's sequence number */
 };
 
 /* The function a child runs: reads frames from fd until EOF. It must return
@@ -72,6 +102,13 @@ struct pool_child {
     uint32_t job_seq;  /* of job */
     uint32_t queued_seq[POOL_QUEUE_MAX]; /* of queued[] */
     void *slots;       /* owned: POOL_SLOTS words shared with the child (mmap) */
+    /* A fetching child (struct pool.fetching): */
+    int fetching;      /* copy of pool.fetching when it was spawned */
+    void *posted[POOL_QUEUE_MAX]; /* borrowed: RUN jobs written, not yet ACCEPTED */
+    uint32_t posted_seq[POOL_QUEUE_MAX];
+    size_t nposted;
+    char **owed;       /* owned: delivery tags whose ack the child owes (pool_owe()) */
+    size_t nowed, owed_cap;
 };
 
 struct pool {
@@ -81,6 +118,8 @@ struct pool {
     void *ud;                    /* borrowed until pool_free */
     int next_index;
     int sched_batch;             /* children run under SCHED_BATCH (set before pool_start) */
+    int fetching;                /* children fetch for themselves: RUN jobs join a
+                                  * child's run order when it says ACCEPTED */
     int err;
     char errstr[256];
 };
@@ -119,6 +158,29 @@ int pool_cancel(struct pool_child *c, const void *job);
 /* After a DONE or SKIPPED: the next queued job (if any) becomes the current
  * one. Returns the job that was current. */
 void *pool_advance(struct pool_child *c);
+/* Fetching children: a RECEIVED job joins c's run order (0, or CELERIAC_EINVAL
+ * when c holds too many); an ACCEPTED one moves there from the posted list
+ * (returns it, or NULL when seq is not posted). */
+int pool_received(struct pool_child *c, uint32_t seq, void *job);
+void *pool_accepted(struct pool_child *c, uint32_t seq);
+/* The posted (not yet ACCEPTED) job at position k, or NULL. */
+void *pool_posted_at(const struct pool_child *c, size_t k);
+/* Drops the posted list (the child is gone); returns how many there were
+ * (they stay in posted[] for the caller to take back). */
+size_t pool_posted_drop(struct pool_child *c);
+/* The ack of tag is owed by the fetching child c: kept until pool_owed_clear()
+ * (ACKED), so that the parent sends it if c dies first. */
+void pool_owe(struct pool_child *c, const char *tag);
+void pool_owed_clear(struct pool_child *c);
+/* Sends a CONTROL frame (names NUL-separated, len bytes in all). */
+int pool_control(struct pool_child *c, int kind, const char *names, size_t len);
+/* RECEIVED / HANDOFF payload: builds one into out, or parses one (pointers
+ * into payload; tag and queue not NUL-terminated, their lengths returned). */
+int pool_delivery_build(struct buf *out, int type, uint32_t seq, const char *tag,
+                        const char *queue, const char *envelope, size_t len);
+int pool_delivery_parse(const char *payload, size_t len, const char **tag, size_t *tag_len,
+                        const char **queue, size_t *queue_len, const char **envelope,
+                        size_t *env_len);
 /* Reads what is available from c->fd. Returns 1 with *type (and *out for DONE;
  * out->status alone for SKIPPED)
  * when a frame is complete, 0 when more bytes are needed, CELERIAC_ECONN on
@@ -142,7 +204,22 @@ struct pool_link {
     struct buf in;  /* owned: bytes read, not yet consumed */
     size_t in_off;  /* consumed prefix of in */
     struct buf out; /* owned: frames not yet written */
+    int duplex;     /* a fetching child: while a write waits for room, what the
+                     * parent sends is read into in (the parent may be waiting
+                     * to write to us too, with a large RUN frame) */
 };
+/* A fetching child: the next frame from the parent (RUN or CONTROL) without
+ * claiming it. block: wait for one. Returns 1 with *type set (RUN: flags,
+ * seq, payload; CONTROL: flags = enum pool_control, payload = names), 0 when
+ * none is buffered (block 0), negative at EOF/error. payload points into
+ * l->in and stays valid until the next call. */
+int pool_child_next(struct pool_link *l, int block, int *type, uint32_t *flags, uint32_t *seq,
+                    const char **payload, size_t *len);
+/* A fetching child: marks a job it took as waiting (before its RECEIVED is
+ * written), and claims a job before running it: 1 when it may run, 0 when
+ * the parent cancelled it. */
+void pool_child_queue_own(uint32_t seq);
+int pool_child_claim(uint32_t seq);
 /* Blocks for the next RUN frame the parent did not cancel, and claims it
  * (a cancelled one is answered with SKIPPED). envelope points into link->in
  * and stays valid until the next call. Returns 0, or negative at EOF/error. */
@@ -157,7 +234,8 @@ void pool_results_stored(struct pool_child *c, unsigned n);
 /* Child side: the count so far (wraps at 2^32); async-signal-safe. */
 unsigned pool_child_results_stored(void);
 /* Buffers a frame (out: the outcome of DONE, the enum pool_skip status of
- * SKIPPED, NULL otherwise); flush writes everything buffered. */
+ * SKIPPED, the seq of ACCEPTED, NULL otherwise); flush writes everything
+ * buffered. RECEIVED and HANDOFF frames: pool_delivery_build() into l->out. */
 int pool_child_write(struct pool_link *l, int type, const struct pool_outcome *out);
 int pool_child_flush(struct pool_link *l);
 void pool_link_free(struct pool_link *l);

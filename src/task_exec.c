@@ -2,6 +2,8 @@
  * produced; acks, events and scheduling belong to the parent (worker.c). */
 #include "task_exec.h"
 
+#include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -318,15 +320,17 @@ static int run_retry(struct task_exec *x, const struct canvas_env *ce,
     return 0;
 }
 
-static void run_one(struct task_exec *x, struct pool_link *l, const char *env, size_t len,
-                    uint32_t flags)
+static void fetch_estimate(const char *name, double runtime);
+
+/* Runs a decoded job (rc and err: the decode's outcome) and reports it; m is
+ * cleared. A fetching process keeps a SUCCESS to store it with its next
+ * fetch, and its frames wait in l->out until that store is done. */
+static void run_message(struct task_exec *x, struct pool_link *l, const char *env, size_t len,
+                        uint32_t flags, struct task_message *mp, int rc, const char *err)
 {
-    struct task_message m = {0};
+    struct task_message m = *mp; /* taken */
+    memset(mp, 0, sizeof *mp);
     struct pool_outcome out = {.status = POOL_FAILURE};
-    char err[256];
-    int rc = (flags & EXEC_PACKED)
-                 ? task_message_decode_packed(env, len, &x->limits, &m, err, sizeof err)
-                 : task_message_decode(env, len, &x->limits, &m, err, sizeof err);
     const struct task_def *def = rc == 0 ? task_registry_find(x->registry, m.task) : NULL;
     /* Expired while it waited in this process behind other jobs (the main
      * process checked before sending it): not run, as Celery checks expiry
@@ -334,7 +338,7 @@ static void run_one(struct task_exec *x, struct pool_link *l, const char *env, s
     if ((flags & EXEC_QUEUED) && rc == 0 && m.expires > 0 && m.expires < util_now()) {
         out.status = POOL_SKIP_EXPIRED;
         pool_child_write(l, POOL_SKIPPED, &out);
-        if (!pool_child_pending(l))
+        if (!x->fetch && !pool_child_pending(l))
             pool_child_flush(l);
         task_message_clear(&m);
         return;
@@ -403,18 +407,589 @@ static void run_one(struct task_exec *x, struct pool_link *l, const char *env, s
             run_failure(x, &ce, &m, module, type, msg, ignore, &out);
     }
     task_context_clear(&t);
+    if (x->fetch && m.task)
+        fetch_estimate(m.task, out.runtime);
 done:
     pool_child_write(l, POOL_DONE, &out);
     if (out.meta && m.id) {
         kept_push(m.id, out.meta, out.meta_len); /* until the main process stores it */
         out.meta = NULL;
     }
-    /* With the next job already here the DONE rides with its STARTED. */
-    if (!pool_child_pending(l))
+    /* With the next job already here the DONE rides with its STARTED. A
+     * fetching process writes it at once: what it holds next is its own, and
+     * a result must not wait in a process that can be killed. */
+    if (x->fetch || !pool_child_pending(l))
         pool_child_flush(l);
     free(out.detail);
     free(out.meta);
     task_message_clear(&m);
+}
+
+static void run_one(struct task_exec *x, struct pool_link *l, const char *env, size_t len,
+                    uint32_t flags)
+{
+    struct task_message m = {0};
+    char err[256] = "";
+    int rc = (flags & EXEC_PACKED)
+                 ? task_message_decode_packed(env, len, &x->limits, &m, err, sizeof err)
+                 : task_message_decode(env, len, &x->limits, &m, err, sizeof err);
+    run_message(x, l, env, len, flags, &m, rc, err);
+}
+
+/* ---- a pool process that fetches for itself (worker_pool_fetch) ----------
+ *
+ * The process takes its own messages with the broker's batch fetch (pop and
+ * reserve in unacked, atomically), at most x->window of them not started
+ * while its tasks are known to be short and one at a time otherwise, and
+ * tells the main process about each one (RECEIVED, with the envelope) before
+ * running it. The main process keeps its books as if it had handed the job
+ * over (inspect, revoke, time limits, events, a lost process's messages) and
+ * stores the results sent back in DONE, as for any job; it is just not on the
+ * way between the broker and the task. Messages this process will not run
+ * itself (an ETA, a rate-limited name, a revoked id, anything it cannot
+ * decode or does not know, an expired one) go to the main process (HANDOFF),
+ * which takes them over as if it had fetched them. RUN jobs from the main
+ * process join the run order behind what it holds (ACCEPTED).
+ *
+ * Early acks ride in the next fetch call, or go at once before a task that is
+ * not known to be short (Celery acks before the task runs); ACKED then tells
+ * the main process, which keeps every ack the process owes until then and
+ * sends them itself if the process dies first. acks_late messages are acked
+ * by the main process once their result is stored. */
+
+#define FETCH_HELD_MAX (POOL_QUEUE_MAX + 1)
+
+struct fetch_job {
+    uint32_t seq;
+    int own;                 /* taken by this process (else a RUN job) */
+    uint32_t flags;          /* EXEC_* */
+    char *env;               /* owned, NUL-terminated */
+    size_t len;
+    struct task_message m;   /* own: decoded in full when taken */
+    char tag[128];
+    int acks_late;
+};
+
+struct tags {
+    char **v;
+    size_t n, cap;
+};
+
+static struct fetcher {
+    struct broker *b;
+    int connected;
+    double retry_at;             /* monotonic: next reconnect attempt */
+    double backoff;
+    struct fetch_job held[FETCH_HELD_MAX];
+    size_t nheld;
+    uint32_t next_seq;
+    struct tags acks;            /* owed early acks, sent with the next fetch */
+    struct { char *name; double runtime; } est[32];
+    size_t nest, evict;
+    char **handoff;              /* owned */
+    size_t nhandoff;
+    int eof;                     /* the main process closed our link: stop taking */
+    int paused;                  /* the main process cannot store results now */
+    int short_run;               /* the last task run here is known to be short */
+} F;
+
+static void tags_push(struct tags *t, const char *tag)
+{
+    if (t->n == t->cap) {
+        size_t cap = t->cap ? t->cap * 2 : 16;
+        char **v = realloc(t->v, cap * sizeof *v);
+        if (!v)
+            return;
+        t->v = v;
+        t->cap = cap;
+    }
+    if ((t->v[t->n] = strdup(tag)) != NULL)
+        t->n++;
+}
+
+static void tags_clear(struct tags *t)
+{
+    for (size_t i = 0; i < t->n; i++)
+        free(t->v[i]);
+    t->n = 0;
+}
+
+static void fetch_estimate(const char *name, double runtime)
+{
+    for (size_t i = 0; i < F.nest; i++)
+        if (strcmp(F.est[i].name, name) == 0) {
+            F.est[i].runtime = 0.8 * F.est[i].runtime + 0.2 * runtime;
+            return;
+        }
+    char *copy = strdup(name);
+    if (!copy)
+        return;
+    size_t n = sizeof F.est / sizeof F.est[0], i;
+    if (F.nest < n) {
+        i = F.nest++;
+    } else {
+        i = F.evict++ % n; /* a worker with more task names than that forgets some */
+        free(F.est[i].name);
+    }
+    F.est[i].name = copy;
+    F.est[i].runtime = runtime;
+}
+
+/* A task known to take under half of the budget (tasks run before). */
+static int fetch_short(const struct task_exec *x, const char *name)
+{
+    for (size_t i = 0; i < F.nest; i++)
+        if (strcmp(F.est[i].name, name) == 0)
+            return F.est[i].runtime < x->short_budget / 2;
+    return 0;
+}
+
+static void fetch_disconnect(const char *what)
+{
+    if (!F.connected)
+        return;
+    log_error("broker connection lost during %s: %s", what, F.b->errstr);
+    F.b->ops->disconnect(F.b);
+    F.connected = 0;
+    F.backoff = F.backoff > 0 ? F.backoff * 2 : 0.2;
+    if (F.backoff > 5)
+        F.backoff = 5;
+    F.retry_at = util_monotonic() + F.backoff;
+}
+
+/* Sends the owed acks now (they otherwise ride with the next fetch). */
+static void acks_now(struct pool_link *l)
+{
+    if (!F.acks.n || !F.connected)
+        return;
+    if (F.b->ops->ack_many(F.b, (const char **)F.acks.v, F.acks.n) < 0) {
+        fetch_disconnect("ack");
+        return;
+    }
+    tags_clear(&F.acks);
+    pool_child_write(l, POOL_ACKED, NULL);
+}
+
+static int handoff_name(const char *name)
+{
+    for (size_t i = 0; i < F.nhandoff; i++)
+        if (strcmp(F.handoff[i], name) == 0)
+            return 1;
+    return 0;
+}
+
+static void set_names(char ***list, size_t *n, const char *names, size_t len)
+{
+    for (size_t i = 0; i < *n; i++)
+        free((*list)[i]);
+    free(*list);
+    *list = NULL;
+    *n = 0;
+    size_t count = 0;
+    for (size_t i = 0; i < len; i++)
+        count += names[i] == '\0';
+    if (len && names[len - 1] != '\0')
+        count++;
+    if (!count)
+        return;
+    char **v = calloc(count, sizeof *v);
+    if (!v)
+        return;
+    size_t k = 0;
+    for (size_t i = 0; i < len && k < count;) {
+        size_t e = i;
+        while (e < len && names[e])
+            e++;
+        if (e > i && (v[k] = strndup(names + i, e - i)) != NULL)
+            k++;
+        i = e + 1;
+    }
+    *list = v;
+    *n = k;
+}
+
+/* A message taken from the broker: run it here (RECEIVED) or hand it to the
+ * main process (HANDOFF). d->body is taken. */
+static void fetch_take(struct task_exec *x, struct pool_link *l, struct broker_delivery *d)
+{
+    struct fetch_job job = {0}, *j = &job;
+    char err[256] = "";
+    int rc = task_message_decode(d->body, d->len, &x->limits, &j->m, err, sizeof err);
+    double now = util_now();
+    const struct task_def *def = rc == 0 ? task_registry_find(x->registry, j->m.task) : NULL;
+    int mine = def && j->m.id && !(x->revoked && revoked_contains(x->revoked, j->m.id, now)) &&
+               !(j->m.eta > now) && !(j->m.expires > 0 && j->m.expires < now) &&
+               !handoff_name(j->m.task) && j->m.delivery_tag &&
+               (!d->reserved || strcmp(j->m.delivery_tag, d->tag) == 0) &&
+               F.nheld < FETCH_HELD_MAX &&
+               !celeriac_value_get(j->m.headers, "x-celeriac-redeliveries");
+    int acks_late = def && (x->acks_late || (def->flags & CELERIAC_TASK_ACKS_LATE));
+    if (mine && !d->reserved) {
+        /* BRPOP brought it: an early-ack task runs at once, as the main
+         * process runs one an idle process takes (its ack follows within the
+         * next round trip); an acks_late one is recorded in unacked first. */
+        struct broker_reservation r = {.delivery_tag = j->m.delivery_tag,
+                                       .exchange = j->m.exchange ? j->m.exchange : "",
+                                       .routing_key = j->m.routing_key ? j->m.routing_key
+                                                                       : d->queue,
+                                       .priority = j->m.priority};
+        if (acks_late && (!F.connected || F.b->ops->reserve(F.b, &r, d->body, d->len) < 0))
+            mine = 0; /* the main process reserves it */
+        else
+            snprintf(d->tag, sizeof d->tag, "%s", j->m.delivery_tag);
+    }
+    if (!mine) {
+        task_message_clear(&j->m);
+        if (pool_delivery_build(&l->out, POOL_HANDOFF, 0, d->reserved ? d->tag : "", d->queue,
+                                d->body, d->len) < 0)
+            log_error("cannot hand a message from %s to the main process; it stays in unacked "
+                      "and comes back after visibility_timeout", d->queue);
+        free(d->body);
+        d->body = NULL;
+        return;
+    }
+    j->seq = POOL_SEQ_CHILD | (F.next_seq++ & (POOL_SEQ_CHILD - 1));
+    j->own = 1;
+    j->env = d->body;
+    j->len = d->len;
+    d->body = NULL;
+    snprintf(j->tag, sizeof j->tag, "%s", d->tag);
+    j->acks_late = acks_late;
+    /* Every result goes back to the main process, which stores it (and
+     * retries while the backend is down) without holding up this process. */
+    j->flags = EXEC_QUEUED | (x->track_started ? EXEC_TRACK_STARTED : 0) |
+               (x->ignore_result ? EXEC_IGNORE_RESULT : 0) |
+               (x->backend ? EXEC_PARENT_STORES : 0);
+    pool_child_queue_own(j->seq);
+    if (pool_delivery_build(&l->out, POOL_RECEIVED, j->seq, d->tag, d->queue, j->env, j->len) < 0) {
+        /* The main process cannot know it: it stays in unacked for the
+         * visibility timeout to bring back. */
+        log_error("cannot report a message from %s to the main process; left in unacked",
+                  d->queue);
+        task_message_clear(&j->m);
+        free(j->env);
+        return;
+    }
+    F.held[F.nheld++] = job;
+}
+
+/* Reads the main process's frames without blocking: RUN jobs join the run
+ * order, CONTROL frames change queues, hand-off names, revoked ids and the
+ * pause. Returns negative at EOF. */
+static int read_parent(struct task_exec *x, struct pool_link *l)
+{
+    for (;;) {
+        int type;
+        uint32_t flags, seq;
+        const char *payload;
+        size_t len;
+        int rc = pool_child_next(l, 0, &type, &flags, &seq, &payload, &len);
+        if (rc <= 0)
+            return rc;
+        if (type == POOL_CONTROL) {
+            char **names = NULL;
+            size_t n = 0;
+            if (flags == POOL_CTL_HANDOFF) {
+                set_names(&F.handoff, &F.nhandoff, payload, len);
+                continue;
+            }
+            set_names(&names, &n, payload, len);
+            if (flags == POOL_CTL_QUEUES && n && F.b->ops->set_queues(F.b, names, n) < 0)
+                log_error("cannot change queues: %s", F.b->errstr);
+            for (size_t i = 0; flags == POOL_CTL_REVOKE && x->revoked && i < n; i++)
+                revoked_add(x->revoked, names[i], util_now());
+            if (flags == POOL_CTL_PAUSE)
+                F.paused = n > 0 && strcmp(names[0], "1") == 0;
+            set_names(&names, &n, "", 0);
+            continue;
+        }
+        if (F.nheld >= FETCH_HELD_MAX) {
+            log_error("the main process sent more jobs than a process holds");
+            return CELERIAC_EPROTO;
+        }
+        struct fetch_job *j = &F.held[F.nheld];
+        memset(j, 0, sizeof *j);
+        j->env = malloc(len + 1);
+        if (!j->env)
+            return CELERIAC_ENOMEM;
+        memcpy(j->env, payload, len);
+        j->env[len] = '\0';
+        j->len = len;
+        j->seq = seq;
+        j->flags = flags;
+        F.nheld++;
+        struct pool_outcome acc = {.seq = seq};
+        pool_child_write(l, POOL_ACCEPTED, &acc);
+    }
+}
+
+/* Runs (or skips) the first job in the run order. */
+static void run_next(struct task_exec *x, struct pool_link *l)
+{
+    struct fetch_job j = F.held[0];
+    memmove(F.held, F.held + 1, (F.nheld - 1) * sizeof F.held[0]);
+    F.nheld--;
+    struct pool_outcome skip = {.status = POOL_SKIP_CANCELLED};
+    if (!pool_child_claim(j.seq) ||
+        (j.own && x->revoked && revoked_contains(x->revoked, j.m.id, util_now()))) {
+        pool_child_write(l, POOL_SKIPPED, &skip); /* cancelled: the main process acks */
+        pool_child_flush(l);
+    } else if (j.own && (F.eof || parent_gone)) {
+        /* Stopping before it started: back to its queue. */
+        if (parent_gone) {
+            if (!F.connected || F.b->ops->restore(F.b, j.tag) < 0)
+                log_warning("could not return %s to its queue; it comes back after "
+                            "visibility_timeout", j.m.id);
+        } else {
+            skip.status = POOL_SKIP_RETURNED;
+            pool_child_write(l, POOL_SKIPPED, &skip);
+            pool_child_flush(l);
+        }
+    } else if (!j.own && (j.flags & EXEC_QUEUED) && parent_gone) {
+        /* never acknowledged: it waits in unacked */
+    } else {
+        const char *name = j.own ? j.m.task : NULL;
+        /* A task not known to be short is acknowledged before it runs and
+         * says STARTED at once; so does every task whose start someone
+         * watches (task events, time limits). */
+        int longer = !j.own || !name || !fetch_short(x, name) || j.m.time_limit > 0 ||
+                     j.m.soft_time_limit > 0;
+        int prompt = longer || x->prompt_start || x->time_limit > 0 || x->soft_time_limit > 0;
+        uint32_t flags = j.flags;
+        if (j.own) {
+            if (!prompt)
+                flags |= EXEC_QUIET_START; /* its STARTED rides with its DONE */
+            if (log_get_level() > LOG_INFO && !x->prompt_start)
+                flags |= EXEC_NO_REPR;
+            if (!j.acks_late)
+                tags_push(&F.acks, j.tag); /* early ack: rides in the next fetch */
+        }
+        if (longer)
+            acks_now(l); /* acknowledged before it runs, as Celery does */
+        if (j.own) {
+            char *name_copy = strdup(j.m.task);
+            run_message(x, l, j.env, j.len, flags, &j.m, 0, "");
+            F.short_run = name_copy && fetch_short(x, name_copy);
+            free(name_copy);
+        } else {
+            run_one(x, l, j.env, j.len, flags);
+            F.short_run = 0;
+        }
+    }
+    task_message_clear(&j.m);
+    free(j.env);
+}
+
+/* Waits up to ms for the broker reply or a frame from the main process. */
+static int fetch_wait(struct pool_link *l, int ms)
+{
+    struct pollfd p[2] = {{.fd = F.connected ? F.b->ops->fetch_fd(F.b) : -1, .events = POLLIN},
+                          {.fd = l->fd, .events = POLLIN}};
+    return poll(p, 2, ms);
+}
+
+/* Returns a message taken while stopping to the head of its queue (recorded
+ * in unacked first when BRPOP brought it), as the main process does. */
+static void fetch_give_back(struct task_exec *x, struct broker_delivery *d)
+{
+    struct task_message peek = {0};
+    char err[64];
+    struct task_message_limits lim = x->limits;
+    lim.headers_only = 1;
+    task_message_decode(d->body, d->len, &lim, &peek, err, sizeof err);
+    const char *tag = d->reserved ? d->tag : peek.delivery_tag;
+    struct broker_reservation r = {.delivery_tag = tag ? tag : "",
+                                   .exchange = peek.exchange ? peek.exchange : "",
+                                   .routing_key = peek.routing_key ? peek.routing_key : d->queue,
+                                   .priority = peek.priority};
+    if (!tag || (!d->reserved && F.b->ops->reserve(F.b, &r, d->body, d->len) < 0) ||
+        F.b->ops->restore(F.b, tag) < 0)
+        log_warning("a message from %s taken while stopping could not be returned%s", d->queue,
+                    d->reserved ? "; it comes back after visibility_timeout" : "");
+    task_message_clear(&peek);
+    free(d->body);
+    d->body = NULL;
+}
+
+/* Seconds without a reply before an outstanding fetch counts as a lost link:
+ * BRPOP's own 1 s timeout plus the 10 s every other broker command gets (as
+ * in the main process). */
+#define FETCH_REPLY_TIMEOUT 11.0
+
+/* A broker that stopped answering without closing the link. */
+static int fetch_silent(double since)
+{
+    if (util_monotonic() - since <= FETCH_REPLY_TIMEOUT)
+        return 0;
+    snprintf(F.b->errstr, sizeof F.b->errstr, "no reply in %.0f s", FETCH_REPLY_TIMEOUT);
+    fetch_disconnect("fetch");
+    return 1;
+}
+
+/* One round trip: the owed acks and up to window new messages; then BRPOP
+ * while the queues are empty. */
+static void fetch_cycle(struct task_exec *x, struct pool_link *l)
+{
+    double mono = util_monotonic();
+    if (!F.connected) {
+        if (mono < F.retry_at) {
+            fetch_wait(l, (int)((F.retry_at - mono) * 1000) + 1);
+            if (read_parent(x, l) < 0)
+                F.eof = 1;
+            return;
+        }
+        if (F.b->ops->connect(F.b) < 0) {
+            F.connected = 1; /* for fetch_disconnect()'s backoff */
+            fetch_disconnect("connect");
+            return;
+        }
+        log_info("Connected to broker again");
+        F.connected = 1;
+        F.backoff = 0;
+    }
+    /* The whole window only while tasks are known to be short: a message
+     * taken here waits for this process alone, so with longer tasks (or
+     * none run yet) one at a time, and an idle process takes the next. */
+    size_t n = F.short_run ? x->window : 1;
+    if (F.b->ops->fetch_batch_send(F.b, (const char *const *)F.acks.v, F.acks.n, n) < 0) {
+        fetch_disconnect("fetch");
+        return;
+    }
+    struct broker_delivery d[POOL_FETCH_MAX];
+    size_t count = 0;
+    int rc = 0;
+    double sent_at = util_monotonic();
+    while (rc == 0) {
+        if (fetch_wait(l, 1000) < 0 && errno != EINTR) {
+            rc = -1;
+            break;
+        }
+        if (read_parent(x, l) < 0)
+            F.eof = 1;
+        rc = F.b->ops->fetch_batch_read(F.b, d, POOL_FETCH_MAX, &count);
+        if (rc == 0 && fetch_silent(sent_at))
+            return;
+    }
+    if (rc < 0 && count == 0) {
+        fetch_disconnect("fetch"); /* the acks are sent again once it is back */
+        pool_child_flush(l);
+        return;
+    }
+    if (F.acks.n) {
+        tags_clear(&F.acks);
+        pool_child_write(l, POOL_ACKED, NULL);
+    }
+    for (size_t i = 0; i < count; i++) {
+        if (F.eof || parent_gone)
+            fetch_give_back(x, &d[i]);
+        else
+            fetch_take(x, l, &d[i]);
+    }
+    pool_child_flush(l);
+    if (count > 0 || F.eof || parent_gone || F.nheld || F.paused)
+        return;
+    /* Nothing waiting: BRPOP (1 s) until a message or the main process comes. */
+    if (F.b->ops->fetch_start(F.b) < 0) {
+        fetch_disconnect("fetch");
+        return;
+    }
+    double since = util_monotonic();
+    for (;;) {
+        struct broker_delivery one = {0};
+        if (fetch_silent(since))
+            return;
+        fetch_wait(l, 1000);
+        if (read_parent(x, l) < 0)
+            F.eof = 1;
+        if ((F.eof || F.nheld || parent_gone || F.paused) && F.b->ops->fetch_fd(F.b) >= 0)
+            F.b->ops->fetch_cancel(F.b);
+        if (F.b->ops->fetch_fd(F.b) < 0)
+            return; /* cancelled and answered */
+        int got = F.b->ops->fetch_read(F.b, &one);
+        if (got < 0) {
+            free(one.body);
+            fetch_disconnect("fetch");
+            return;
+        }
+        if (got == 0) {
+            if (F.b->ops->fetch_fd(F.b) < 0) {
+                /* BRPOP timed out with nothing: ask again. */
+                if (F.eof || F.nheld || parent_gone || F.paused)
+                    return;
+                if (F.b->ops->fetch_start(F.b) < 0) {
+                    fetch_disconnect("fetch");
+                    return;
+                }
+                since = util_monotonic();
+            }
+            continue;
+        }
+        if (F.eof || parent_gone || F.paused)
+            fetch_give_back(x, &one);
+        else
+            fetch_take(x, l, &one);
+        pool_child_flush(l);
+        return;
+    }
+}
+
+static void fetch_main(struct task_exec *x, struct pool_link *l)
+{
+    char err[256];
+    F.b = broker_new(x->broker_url, &x->broker_opts, err, sizeof err);
+    if (!F.b) {
+        log_error("broker (fetching): %s", err);
+        return;
+    }
+    if (F.b->ops->set_queues(F.b, (char **)x->queues, x->nqueues) < 0)
+        log_error("broker (fetching): %s", F.b->errstr);
+    for (size_t i = 0; i < x->nhandoff; i++) {
+        char **v = realloc(F.handoff, (F.nhandoff + 1) * sizeof *v);
+        if (!v)
+            break;
+        F.handoff = v;
+        if ((v[F.nhandoff] = strdup(x->handoff[i])) != NULL)
+            F.nhandoff++;
+    }
+    F.paused = x->paused;
+    F.connected = 1;
+    if (F.b->ops->connect(F.b) < 0)
+        fetch_disconnect("connect");
+    if (x->window > POOL_FETCH_MAX)
+        x->window = POOL_FETCH_MAX;
+    if (x->window < 1)
+        x->window = 1;
+    for (;;) {
+        if (read_parent(x, l) < 0)
+            F.eof = 1;
+        if (F.nheld) {
+            run_next(x, l);
+            continue;
+        }
+        if (F.eof || parent_gone)
+            break;
+        if (F.paused) {
+            /* The main process cannot store results now: take nothing new. */
+            acks_now(l);
+            pool_child_flush(l);
+            struct pollfd p = {.fd = l->fd, .events = POLLIN};
+            poll(&p, 1, 1000);
+            continue;
+        }
+        fetch_cycle(x, l);
+    }
+    acks_now(l);
+    if (F.acks.n)
+        log_warning("%zu acknowledgement(s) could not be sent; the main process sends them",
+                    F.acks.n);
+    tags_clear(&F.acks);
+    pool_child_flush(l);
+    broker_free(F.b);
+    F.b = NULL;
+    set_names(&F.handoff, &F.nhandoff, "", 0);
+    free(F.acks.v);
+    for (size_t i = 0; i < F.nest; i++)
+        free(F.est[i].name);
 }
 
 void task_exec_child_main(int fd, int index, void *ud)
@@ -446,6 +1021,18 @@ void task_exec_child_main(int fd, int index, void *ud)
     if (getppid() != kept_parent)
         _exit(0);
     struct pool_link link = {.fd = fd};
+    if (x->fetch) {
+        link.duplex = 1;
+        fetch_main(x, &link);
+        kept_settle(x); /* results the main process had not stored yet */
+        kept_free();
+        pool_link_free(&link);
+        backend_free(x->backend);
+        x->backend = NULL;
+        broker_free(x->publisher);
+        x->publisher = NULL;
+        return;
+    }
     struct buf env = {0};
     uint32_t flags;
     const char *frame;

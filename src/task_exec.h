@@ -6,6 +6,7 @@
 #include "backend.h"
 #include "broker.h"
 #include "celeriac.h"
+#include "revoked.h"
 #include "task_message.h"
 
 /* Flags the parent sends with each job. */
@@ -45,6 +46,25 @@ struct task_exec {
     const char *broker_url;            /* borrowed: where canvas and retry messages go */
     struct broker *publisher;          /* owned by the child, opened on first publish */
     char reply_to[37];                 /* this child's reply_to for signatures without one */
+    /* worker_pool_fetch: the pool process takes its own messages (see
+     * task_exec_fetch_main()). Read after fork; later changes come as
+     * CONTROL frames. */
+    int fetch;
+    size_t window;                     /* messages held at most, taken and not started */
+    double short_budget;               /* tasks averaging under half of it are short */
+    int prompt_start;                  /* every STARTED goes out at once (task events) */
+    int acks_late;                     /* task_acks_late */
+    int track_started, ignore_result;  /* task_track_started, task_ignore_result */
+    double time_limit, soft_time_limit;/* worker-wide limits: STARTED goes out at once */
+    char *const *queues;               /* borrowed: the queues consumed at fork */
+    size_t nqueues;
+    char *const *handoff;              /* borrowed: task names the main process runs
+                                        * (rate-limited) at fork */
+    size_t nhandoff;
+    int paused;                        /* take no messages at start (POOL_CTL_PAUSE) */
+    struct revoked *revoked;           /* the worker's revoked ids: the copy forked
+                                        * with the process, kept up to date by
+                                        * CONTROL frames (never saved from here) */
 };
 
 /* pool_child_fn: serves jobs from fd until EOF. */

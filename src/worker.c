@@ -145,12 +145,33 @@ static void job_ack_to(struct worker *w, struct job *j, struct tag_list *batch)
     if (j->acked)
         return;
     j->acked = 1;
+    if (j->own) {
+        /* Its pool process sends this ack with its next fetch; kept until it
+         * says ACKED, and sent from here if the process dies first. */
+        struct pool_child *c = pool_find_pid(&w->pool, j->worker_pid);
+        if (c)
+            pool_owe(c, j->msg.delivery_tag);
+        else
+            tag_push(w->state == W_RECONNECTING ? &w->pending_acks : batch, j->msg.delivery_tag);
+        return;
+    }
     if (!j->reserved)
         return;
     if (w->unacked)
         w->unacked--;
     /* Sent with the other acks of this loop iteration (flush_acks). */
     tag_push(w->state == W_RECONNECTING ? &w->pending_acks : batch, j->msg.delivery_tag);
+}
+
+/* A job a fetching pool process took becomes the main process's own: it
+ * acks, restores or requeues it from now on. */
+static void job_take_over(struct worker *w, struct job *j)
+{
+    if (!j || !j->own)
+        return;
+    j->own = 0;
+    if (j->reserved && !j->acked)
+        w->unacked++;
 }
 
 /* Keeps a result a pool process sent back (EXEC_PARENT_STORES); takes doc. */
@@ -587,6 +608,43 @@ static void job_reserve(struct worker *w, struct job *j)
     }
 }
 
+/* task-received, when task events are on. */
+static void announce_received(struct worker *w, struct job *j)
+{
+    const char *name = task_message_display_name(&j->msg);
+    if (!w->events.task_events)
+        return;
+    if (!j->msg.argsrepr || !j->msg.kwargsrepr)
+        job_body(w, j);
+    celeriac_value *f = fields_uuid(w, &j->msg);
+    char eta[40], expires[40];
+    if (j->msg.eta > 0)
+        util_iso8601_format_tz(j->msg.eta, eta, sizeof eta);
+    if (j->msg.expires > 0)
+        util_iso8601_format_tz(j->msg.expires, expires, sizeof expires);
+    char *args = j->msg.argsrepr ? NULL : value_repr(j->msg.args, 1024);
+    char *kwargs = j->msg.kwargsrepr ? NULL : value_repr(j->msg.kwargs, 1024);
+    celeriac_value_set(f, "name", celeriac_value_new_string(name));
+    celeriac_value_set(f, "args", celeriac_value_new_string(
+                                      j->msg.argsrepr ? j->msg.argsrepr : args ? args : ""));
+    celeriac_value_set(f, "kwargs",
+                       celeriac_value_new_string(j->msg.kwargsrepr ? j->msg.kwargsrepr
+                                                                   : kwargs ? kwargs : ""));
+    celeriac_value_set(f, "root_id", j->msg.root_id ? celeriac_value_new_string(j->msg.root_id)
+                                                    : celeriac_value_new_null());
+    celeriac_value_set(f, "parent_id", j->msg.parent_id
+                                           ? celeriac_value_new_string(j->msg.parent_id)
+                                           : celeriac_value_new_null());
+    celeriac_value_set(f, "retries", celeriac_value_new_int(j->msg.retries));
+    celeriac_value_set(f, "eta", j->msg.eta > 0 ? celeriac_value_new_string(eta)
+                                                : celeriac_value_new_null());
+    celeriac_value_set(f, "expires", j->msg.expires > 0 ? celeriac_value_new_string(expires)
+                                                        : celeriac_value_new_null());
+    events_task(&w->events, "task-received", f);
+    free(args);
+    free(kwargs);
+}
+
 static void on_message(struct worker *w, struct broker_delivery *d)
 {
     struct job *j = calloc(1, sizeof *j);
@@ -682,41 +740,95 @@ static void on_message(struct worker *w, struct broker_delivery *d)
      * to unacked (their ack would follow within microseconds, as kombu's
      * reserve+ack pair would); dispatch() reserves any that have to wait. */
     log_info("Task %s[%s] received", name, j->msg.id);
-    if (w->events.task_events) {
-        if (!j->msg.argsrepr || !j->msg.kwargsrepr)
-            job_body(w, j);
-        celeriac_value *f = fields_uuid(w, &j->msg);
-        char eta[40], expires[40];
-        if (j->msg.eta > 0)
-            util_iso8601_format_tz(j->msg.eta, eta, sizeof eta);
-        if (j->msg.expires > 0)
-            util_iso8601_format_tz(j->msg.expires, expires, sizeof expires);
-        char *args = j->msg.argsrepr ? NULL : value_repr(j->msg.args, 1024);
-        char *kwargs = j->msg.kwargsrepr ? NULL : value_repr(j->msg.kwargs, 1024);
-        celeriac_value_set(f, "name", celeriac_value_new_string(name));
-        celeriac_value_set(f, "args", celeriac_value_new_string(
-                                          j->msg.argsrepr ? j->msg.argsrepr : args ? args : ""));
-        celeriac_value_set(f, "kwargs",
-                           celeriac_value_new_string(j->msg.kwargsrepr ? j->msg.kwargsrepr
-                                                                       : kwargs ? kwargs : ""));
-        celeriac_value_set(f, "root_id", j->msg.root_id ? celeriac_value_new_string(j->msg.root_id)
-                                                        : celeriac_value_new_null());
-        celeriac_value_set(f, "parent_id", j->msg.parent_id
-                                               ? celeriac_value_new_string(j->msg.parent_id)
-                                               : celeriac_value_new_null());
-        celeriac_value_set(f, "retries", celeriac_value_new_int(j->msg.retries));
-        celeriac_value_set(f, "eta", j->msg.eta > 0 ? celeriac_value_new_string(eta)
-                                                    : celeriac_value_new_null());
-        celeriac_value_set(f, "expires", j->msg.expires > 0 ? celeriac_value_new_string(expires)
-                                                            : celeriac_value_new_null());
-        events_task(&w->events, "task-received", f);
-        free(args);
-        free(kwargs);
-    }
+    announce_received(w, j);
     if (j->msg.eta > util_now())
         schedule_insert(w, j);
     else
         ready_push(w, j);
+}
+
+/* ---- messages fetching pool processes took -------------------------------- */
+
+static void job_limits(struct worker *w, struct job *j);
+static void return_reserved(struct worker *w);
+static void child_protocol_error(struct worker *w, struct pool_child *c, const char *what);
+
+/* RECEIVED: a fetching pool process took a message and runs it. The main
+ * process keeps its books as if it had sent the job there (the job joins the
+ * process's run order); a revoked one is cancelled before it starts. */
+static void on_received(struct worker *w, struct pool_child *c, const struct pool_outcome *o)
+{
+    const char *tag, *queue, *env;
+    size_t tl, ql, el;
+    if (pool_delivery_parse(o->meta, o->meta_len, &tag, &tl, &queue, &ql, &env, &el) < 0) {
+        child_protocol_error(w, c, "malformed RECEIVED frame");
+        return;
+    }
+    struct job *j = calloc(1, sizeof *j);
+    if (!j || !(j->envelope = malloc(el + 1))) {
+        free(j);
+        child_protocol_error(w, c, "out of memory for a RECEIVED frame");
+        return;
+    }
+    memcpy(j->envelope, env, el);
+    j->envelope[el] = '\0';
+    j->len = el;
+    snprintf(j->queue, sizeof j->queue, "%.*s", (int)ql, queue);
+    j->received = util_now();
+    char err[512] = "";
+    if (task_message_decode(j->envelope, j->len, &w->limits, &j->msg, err, sizeof err) < 0)
+        log_error("a pool process took a message this process cannot decode: %s", err);
+    const struct task_def *def = task_registry_find(w->registry, j->msg.task);
+    j->reserved = 1;
+    j->acks_late = w->cfg->task_acks_late || (def && (def->flags & CELERIAC_TASK_ACKS_LATE));
+    /* The process acks early-ack jobs itself; acks_late ones are acked from
+     * here once their result is stored. */
+    j->own = !j->acks_late;
+    if (!j->own)
+        w->unacked++;
+    j->worker_pid = c->pid;
+    job_limits(w, j);
+    if (!j->msg.delivery_tag || (size_t)strlen(j->msg.delivery_tag) != tl ||
+        memcmp(j->msg.delivery_tag, tag, tl) != 0 || pool_received(c, o->seq, j) < 0) {
+        job_free(j);
+        child_protocol_error(w, c, "RECEIVED frame out of step");
+        return;
+    }
+    w->nactive++;
+    log_info("Task %s[%s] received", task_message_display_name(&j->msg), j->msg.id);
+    announce_received(w, j);
+    if (j->msg.id && revoked_contains(&w->revoked, j->msg.id, util_now()) && pool_cancel(c, j))
+        log_debug("Task %s cancelled in ForkPoolWorker-%d before it started", j->msg.id,
+                  c->index);
+}
+
+/* HANDOFF: a message a fetching pool process took and leaves to the main
+ * process (ETA, rate limit, anything unusual): as if fetched here. */
+static void on_handoff(struct worker *w, struct pool_child *c, const struct pool_outcome *o)
+{
+    const char *tag, *queue, *env;
+    size_t tl, ql, el;
+    if (pool_delivery_parse(o->meta, o->meta_len, &tag, &tl, &queue, &ql, &env, &el) < 0 ||
+        tl >= sizeof ((struct broker_delivery *)0)->tag) {
+        child_protocol_error(w, c, "malformed HANDOFF frame");
+        return;
+    }
+    struct broker_delivery d = {0};
+    if (!(d.body = malloc(el + 1))) {
+        log_error("out of memory taking over a message from %.*s; it comes back after "
+                  "visibility_timeout", (int)ql, queue);
+        return;
+    }
+    memcpy(d.body, env, el);
+    d.body[el] = '\0';
+    d.len = el;
+    snprintf(d.queue, sizeof d.queue, "%.*s", (int)ql, queue);
+    memcpy(d.tag, tag, tl);
+    d.reserved = tl > 0;
+    on_message(w, &d);
+    free(d.body);
+    if (w->state != W_RUNNING)
+        return_reserved(w); /* arrived while stopping: straight back */
 }
 
 /* ---- dispatch and completion ----------------------------------------------- */
@@ -827,6 +939,25 @@ static struct pool_child *pipeline_slot(struct worker *w, struct job *j)
     return best;
 }
 
+/* Fetching pool processes: the one holding the least, with room for a job
+ * beside its own window. The job joins its run order behind what it took. */
+static struct pool_child *fetch_slot(struct worker *w)
+{
+    struct pool_child *best = NULL;
+    size_t best_load = POOL_QUEUE_MAX + 1 - POOL_FETCH_MAX;
+    for (size_t i = 0; i < w->pool.n; i++) {
+        struct pool_child *c = &w->pool.children[i];
+        if (!c->pid || c->fd < 0 || c->retiring)
+            continue;
+        size_t load = (size_t)c->busy + c->nqueued + c->nposted;
+        if (load < best_load) {
+            best = c;
+            best_load = load;
+        }
+    }
+    return best;
+}
+
 static void dispatch(struct worker *w)
 {
     struct pool_child *c;
@@ -834,10 +965,15 @@ static void dispatch(struct worker *w)
     double mono = util_monotonic();
     w->next_wake = 0;
     while (*pp) {
-        c = pool_idle(&w->pool);
         int queue = 0;
-        if (!c && (c = pipeline_slot(w, *pp)) != NULL)
+        if (w->pool.fetching) {
+            c = fetch_slot(w);
             queue = 1;
+        } else {
+            c = pool_idle(&w->pool);
+            if (!c && (c = pipeline_slot(w, *pp)) != NULL)
+                queue = 1;
+        }
         if (!c)
             break;
         /* Rate-limited tasks wait in place; the others go past them. */
@@ -1040,7 +1176,7 @@ static void job_done(struct worker *w, struct pool_child *c, struct pool_outcome
         /* task_acks_on_failure_or_timeout=False: a failure is rejected (on
          * Redis reject without requeue discards, exactly like an ack). */
         if (o->status == POOL_FAILURE && !w->cfg->task_acks_on_failure_or_timeout &&
-            !j->acked && j->reserved) {
+            !j->acked && j->reserved && !j->own) {
             j->acked = 1;
             if (w->unacked)
                 w->unacked--;
@@ -1070,10 +1206,26 @@ static void child_lost(struct worker *w, struct pool_child *c, int status)
 {
     char how[64];
     describe_status(status, how, sizeof how);
+    /* A fetching process: what it took becomes this process's own, the acks
+     * it still owed are sent from here, and jobs posted to it that it never
+     * accepted go back too (behind the ones it had queued). */
+    for (size_t k = c->nposted; k > 0; k--) {
+        struct job *q = pool_posted_at(c, k - 1);
+        q->worker_pid = 0;
+        w->nactive--;
+        ready_push_front(w, q);
+    }
+    size_t back = pool_posted_drop(c);
+    job_take_over(w, c->job);
+    for (size_t k = 0; k < c->nqueued; k++)
+        job_take_over(w, c->queued[k]);
+    for (size_t k = 0; k < c->nowed; k++)
+        tag_push(w->state == W_RECONNECTING ? &w->pending_acks : &w->ack_batch, c->owed[k]);
+    pool_owed_clear(c);
     /* Jobs it had queued and never started go back to the head of the ready
      * list, in order (still in unacked); so does a current job it never
      * said STARTED for. */
-    size_t back = c->nqueued;
+    back += c->nqueued;
     while (c->nqueued > 0) {
         struct job *q = c->queued[--c->nqueued];
         q->worker_pid = 0;
@@ -1176,10 +1328,26 @@ static void job_skipped(struct worker *w, struct pool_child *c, int why)
     if (!j)
         return;
     w->nactive--;
+    job_take_over(w, j); /* a fetching process acks only what it ran */
+    if (why == POOL_SKIP_RETURNED) {
+        job_restore(w, j); /* the process stopped before running it */
+        job_free(j);
+        return;
+    }
     if (!j->terminated) /* else terminate_job() stored and announced it */
         announce_discarded(w, j, why == POOL_SKIP_EXPIRED);
     job_ack(w, j);
     job_free(j);
+}
+
+/* A pool process that breaks the frame protocol is replaced (child_lost()
+ * then handles what it held). */
+static void child_protocol_error(struct worker *w, struct pool_child *c, const char *what)
+{
+    (void)w;
+    log_error("ForkPoolWorker-%d (pid %d): %s; replacing it", c->index, (int)c->pid, what);
+    if (c->pid > 0)
+        kill(c->pid, SIGKILL);
 }
 
 static void read_child(struct worker *w, struct pool_child *c)
@@ -1215,6 +1383,15 @@ static void read_child(struct worker *w, struct pool_child *c)
             job_done(w, c, &o);
         else if (type == POOL_SKIPPED)
             job_skipped(w, c, o.status);
+        else if (type == POOL_RECEIVED && c->fetching)
+            on_received(w, c, &o);
+        else if (type == POOL_HANDOFF && c->fetching)
+            on_handoff(w, c, &o);
+        else if (type == POOL_ACCEPTED && c->fetching) {
+            if (!pool_accepted(c, o.seq))
+                child_protocol_error(w, c, "ACCEPTED for a job not posted");
+        } else if (type == POOL_ACKED && c->fetching)
+            pool_owed_clear(c);
         free(o.detail);
         free(o.meta);
     }
@@ -1261,6 +1438,8 @@ static int connect_broker(struct worker *w)
 static void refresh_held(struct worker *w)
 {
     size_t cap = w->nready + w->nscheduled + w->pool.n * (1 + POOL_QUEUE_MAX), n = 0;
+    for (size_t i = 0; i < w->pool.n; i++)
+        cap += w->pool.children[i].nowed + w->pool.children[i].nposted;
     const char **tags = calloc(cap ? cap : 1, sizeof *tags);
     if (!tags)
         return;
@@ -1275,6 +1454,14 @@ static void refresh_held(struct worker *w)
         for (size_t k = 0; k <= c->nqueued && n < cap; k++) {
             const struct job *j = k == 0 ? c->job : c->queued[k - 1];
             if (j && j->reserved && !j->acked)
+                tags[n++] = j->msg.delivery_tag;
+        }
+        /* acks a fetching process owes: still in unacked until it sends them */
+        for (size_t k = 0; k < c->nowed && n < cap; k++)
+            tags[n++] = c->owed[k];
+        for (size_t k = 0; k < c->nposted && n < cap; k++) {
+            const struct job *j = pool_posted_at(c, k);
+            if (j->reserved && !j->acked)
                 tags[n++] = j->msg.delivery_tag;
         }
     }
@@ -1347,13 +1534,38 @@ static void autoscale(struct worker *w, double mono)
         return;
     size_t size = pool_size(&w->pool);
     size_t max = (size_t)w->autoscale_max, min = (size_t)w->autoscale_min;
-    if (w->nready > 0 && size < max) {
-        size_t add = w->nready < max - size ? w->nready : max - size;
+    /* Work waiting: jobs no process took yet. Fetching processes leave the
+     * backlog in the broker: there, jobs held behind the running ones, or
+     * every process busy for a second. */
+    size_t waiting = w->nready;
+    if (w->pool.fetching) {
+        /* A process going from one task to the next is idle for a moment:
+         * only an idle spell of 0.1 s ends "every process busy". */
+        if (w->nactive < size) {
+            if (w->some_idle_since == 0)
+                w->some_idle_since = mono;
+            else if (mono - w->some_idle_since >= 0.1)
+                w->all_busy_since = 0;
+        } else {
+            if (w->some_idle_since > 0 && mono - w->some_idle_since >= 0.1)
+                w->all_busy_since = 0;
+            w->some_idle_since = 0;
+            if (w->all_busy_since == 0)
+                w->all_busy_since = mono;
+        }
+        waiting = w->nactive > size                                  ? w->nactive - size
+                  : w->all_busy_since > 0 && mono - w->all_busy_since >= 1 ? 1
+                                                                      : 0;
+        if (waiting)
+            w->all_busy_since = 0; /* another second before the next step */
+    }
+    if (waiting > 0 && size < max) {
+        size_t add = waiting < max - size ? waiting : max - size;
         log_info("autoscale: growing pool by %zu (to %zu)", add, size + add);
         if (pool_grow(&w->pool, add) < 0)
             log_error("autoscale: %s", w->pool.errstr);
         w->last_scale = mono;
-    } else if (w->nready == 0 && size > min && size > w->nactive && mono - w->last_scale > 30) {
+    } else if (waiting == 0 && size > min && size > w->nactive && mono - w->last_scale > 30) {
         log_info("autoscale: shrinking pool to %zu", size - 1);
         pool_shrink(&w->pool, 1);
         w->last_scale = mono;
@@ -1385,6 +1597,8 @@ static void worker_cron(struct worker *w)
     if (w->state == W_RUNNING && w->events.freq > 0 && mono >= w->events.next_heartbeat) {
         events_worker(&w->events, "worker-heartbeat", w->nactive, w->processed);
         w->events.next_heartbeat = mono + w->events.freq;
+        if (w->pool.fetching && events_flush(&w->events) < 0) /* no fetch reply wakes the loop */
+            broker_lost(w, "events");
     }
     if (mono >= w->next_status) {
         status_write(w->cfg->status_file, state_names[w->state], w->cfg->hostname, w->nactive,
@@ -1467,10 +1681,18 @@ static void begin_cold_stop(struct worker *w, int force)
             struct job *j = pool_advance(c);
             if (!j)
                 break;
+            job_take_over(w, j); /* started early-ack ones are acked (owed) */
             job_restore(w, j);
             job_free(j);
             w->nactive--;
         }
+        for (size_t k = 0; k < c->nposted; k++) {
+            struct job *j = pool_posted_at(c, k);
+            job_restore(w, j);
+            job_free(j);
+            w->nactive--;
+        }
+        pool_posted_drop(c);
     }
 }
 
@@ -1498,8 +1720,8 @@ static size_t prefetch_room(const struct worker *w);
 
 static int can_fetch(const struct worker *w)
 {
-    if (w->state != W_RUNNING)
-        return 0;
+    if (w->state != W_RUNNING || w->pool.fetching)
+        return 0; /* fetching pool processes take the messages */
     if (w->nscheduled >= MAX_SCHEDULED)
         return 0;
     if (results_held(w) >= RESULTS_PENDING_MAX)
@@ -1580,6 +1802,21 @@ static size_t fetch_recv(struct worker *w)
 
 static int stop_finished(struct worker *w);
 
+/* Fetching pool processes take no new messages while the results they send
+ * back cannot be stored (the main process's batch is full). */
+static void pause_fetching(struct worker *w, int pause)
+{
+    if (pause == w->exec.paused)
+        return;
+    w->exec.paused = pause; /* processes forked from now on start so */
+    if (pause)
+        log_warning("result backend not keeping up: pool processes take no new messages");
+    for (size_t i = 0; i < w->pool.n; i++)
+        if (w->pool.children[i].pid && w->pool.children[i].fd >= 0 &&
+            pool_control(&w->pool.children[i], POOL_CTL_PAUSE, pause ? "1" : "0", 2) < 0)
+            log_warning("ForkPoolWorker-%d did not take the pause", w->pool.children[i].index);
+}
+
 static int loop_once(struct worker *w)
 {
     worker_cron(w);
@@ -1606,6 +1843,8 @@ static int loop_once(struct worker *w)
         broker_lost(w, "fetch"); /* forgets the batch: its acks wait for the broker */
     }
     bfd = w->broker->ops->fetch_fd(w->broker);
+    if (w->pool.fetching)
+        pause_fetching(w, results_held(w) >= RESULTS_PENDING_MAX);
     /* The results collected since the last store go out after the fetch, so
      * Redis answers the fetch first: the next messages are on the critical
      * path, the store's reply is not. */
@@ -1668,6 +1907,19 @@ static int loop_once(struct worker *w)
             if (dt < timeout)
                 timeout = dt < 0 ? 0 : (int)dt + 1;
         }
+    }
+    /* Periodic duties (heartbeat, status, refresh, restore scan): nothing
+     * else wakes the loop on time when pool processes fetch for themselves. */
+    if (w->pool.fetching) {
+        double mono_now = util_monotonic();
+        double due[4] = {w->events.freq > 0 ? w->events.next_heartbeat : 0, w->next_status,
+                         w->next_refresh, w->next_restore};
+        for (size_t i = 0; i < 4; i++)
+            if (due[i] > 0) {
+                double dt = (due[i] - mono_now) * 1000;
+                if (dt < timeout)
+                    timeout = dt < 0 ? 0 : (int)dt + 1;
+            }
     }
     if (w->next_wake > 0) {
         double dt = (w->next_wake - util_monotonic()) * 1000;
@@ -1957,9 +2209,31 @@ size_t worker_revoke(struct worker *w, const char *const *ids, size_t n, int ter
                     terminated[nterm] = j->msg.id;
                 nterm++;
             }
+            /* Posted to a fetching process and not yet in its run order. */
+            for (size_t q = 0; q < c->nposted; q++) {
+                struct job *j = pool_posted_at(c, q);
+                if (!j->msg.id || strcmp(j->msg.id, ids[i]) != 0 || !pool_cancel(c, j))
+                    continue;
+                if (terminate && nterm < max)
+                    terminated[nterm] = j->msg.id;
+                nterm += terminate != 0;
+            }
         }
     }
     revoked_save(&w->revoked);
+    if (w->pool.fetching) {
+        /* Fetching processes check their own copy before they run a task. */
+        struct buf names = {0};
+        for (size_t i = 0; i < n; i++)
+            buf_append(&names, ids[i], strlen(ids[i]) + 1);
+        for (size_t k = 0; k < w->pool.n; k++)
+            if (w->pool.children[k].pid && w->pool.children[k].fd >= 0 &&
+                pool_control(&w->pool.children[k], POOL_CTL_REVOKE, names.p ? names.p : "",
+                             names.len) < 0)
+                log_warning("ForkPoolWorker-%d did not take the revoked ids",
+                            w->pool.children[k].index);
+        buf_free(&names);
+    }
     return nterm;
 }
 
@@ -1987,7 +2261,51 @@ int worker_set_queues(struct worker *w, const char *add, const char *remove)
                 break;
             }
     }
+    w->exec.queues = q->items; /* what pool processes forked from now on consume */
+    w->exec.nqueues = q->len;
+    if (w->pool.fetching) {
+        struct buf names = {0};
+        for (size_t i = 0; i < q->len; i++)
+            if (buf_append(&names, q->items[i], strlen(q->items[i]) + 1) < 0)
+                return CELERIAC_ENOMEM;
+        for (size_t i = 0; i < w->pool.n; i++)
+            if (w->pool.children[i].pid && w->pool.children[i].fd >= 0 &&
+                pool_control(&w->pool.children[i], POOL_CTL_QUEUES, names.p, names.len) < 0)
+                log_warning("ForkPoolWorker-%d did not take the new queue list",
+                            w->pool.children[i].index);
+        buf_free(&names);
+    }
     return w->broker->ops->set_queues(w->broker, q->items, q->len);
+}
+
+/* Fetching pool processes hand over the tasks with a rate limit (the main
+ * process keeps the token bucket) or a time limit set by the time_limit
+ * command (the main process starts its clock at once). */
+void worker_policies_changed(struct worker *w)
+{
+    for (size_t i = 0; i < w->handoff.len; i++)
+        free(w->handoff.items[i]);
+    w->handoff.len = 0;
+    char **items = realloc(w->handoff.items, (w->npolicies + 1) * sizeof *items);
+    if (!items)
+        return;
+    w->handoff.items = items;
+    struct buf names = {0};
+    for (size_t i = 0; i < w->npolicies; i++)
+        if ((w->policies[i].rate > 0 || w->policies[i].hard > 0 || w->policies[i].soft > 0) &&
+            (items[w->handoff.len] = strdup(w->policies[i].name))) {
+            buf_append(&names, items[w->handoff.len], strlen(items[w->handoff.len]) + 1);
+            w->handoff.len++;
+        }
+    w->exec.handoff = w->handoff.items;
+    w->exec.nhandoff = w->handoff.len;
+    for (size_t i = 0; w->pool.fetching && i < w->pool.n; i++)
+        if (w->pool.children[i].pid && w->pool.children[i].fd >= 0 &&
+            pool_control(&w->pool.children[i], POOL_CTL_HANDOFF, names.p ? names.p : "",
+                         names.len) < 0)
+            log_warning("ForkPoolWorker-%d did not take the new rate limits",
+                        w->pool.children[i].index);
+    buf_free(&names);
 }
 
 int worker_pool_resize(struct worker *w, long delta)
@@ -2140,6 +2458,19 @@ struct worker *worker_new(const struct config *cfg)
         }
         free(name);
     }
+    worker_policies_changed(w);
+    w->pool.fetching = cfg->pool_fetch;
+    w->exec.revoked = &w->revoked;
+    w->exec.fetch = cfg->pool_fetch;
+    w->exec.window = cfg->prefetch_multiplier > 0 ? (size_t)cfg->prefetch_multiplier
+                                                  : POOL_FETCH_MAX;
+    w->exec.short_budget = cfg->pipeline_budget;
+    w->exec.prompt_start = cfg->task_events;
+    w->exec.acks_late = cfg->task_acks_late;
+    w->exec.track_started = cfg->task_track_started;
+    w->exec.ignore_result = cfg->task_ignore_result;
+    w->exec.time_limit = cfg->time_limit;
+    w->exec.soft_time_limit = cfg->soft_time_limit;
     snprintf(w->pidbox_queue, sizeof w->pidbox_queue, "%s.celery.pidbox", cfg->hostname);
     for (size_t i = 0; i < cfg->queues.len; i++)
         if (worker_set_queues(w, cfg->queues.items[i], NULL) < 0)
@@ -2167,6 +2498,9 @@ void worker_free(struct worker *w)
         for (size_t k = 0; k < c->nqueued; k++)
             job_free(c->queued[k]);
         c->nqueued = 0;
+        for (size_t k = 0; k < c->nposted; k++)
+            job_free(pool_posted_at(c, k));
+        pool_posted_drop(c);
     }
     pool_free(&w->pool);
     buf_free(&w->pack);
@@ -2203,6 +2537,9 @@ void worker_free(struct worker *w)
     for (size_t i = 0; i < w->npolicies; i++)
         free(w->policies[i].name);
     free(w->policies);
+    for (size_t i = 0; i < w->handoff.len; i++)
+        free(w->handoff.items[i]);
+    free(w->handoff.items);
     for (size_t i = 0; i < w->ntotals; i++)
         free(w->totals[i].name);
     free(w->totals);

@@ -49,6 +49,8 @@ struct job {
     int terminate_pending;   /* revoked with terminate while queued in a process */
     int posted;              /* posted to an idle process, its frame not written yet */
     double estimate;         /* expected run time (s) when queued behind another job */
+    int own;                 /* taken by a fetching pool process, which acks it (the
+                              * main process keeps the ack owed: pool_owe()) */
     struct job *next;        /* ready/scheduled list link */
 };
 
@@ -119,8 +121,13 @@ struct worker {
     double next_wake;                    /* monotonic: earliest rate-limit refill needed */
     double cold_deadline;                /* monotonic: soft shutdown ends, 0 = not in one */
     double last_scale;                   /* monotonic: last autoscale change */
+    double all_busy_since;               /* monotonic: every pool process busy since (fetching
+                                          * processes, autoscale), 0 = not now */
+    double some_idle_since;              /* monotonic: a pool process idle since, 0 = none */
     long autoscale_max, autoscale_min;   /* from --autoscale or the autoscale command; 0 = off */
     struct buf pack;                     /* owned: scratch for task_message_pack() in dispatch */
+    struct strlist handoff;              /* owned: task names fetching pool processes hand
+                                          * to the main process (rate-limited) */
 };
 
 
@@ -155,6 +162,9 @@ int worker_set_queues(struct worker *w, const char *add, const char *remove);
 int worker_pool_resize(struct worker *w, long delta);
 /* Finds or creates the policy of a task name (NULL when out of memory). */
 struct task_policy *worker_policy(struct worker *w, const char *name);
+/* The rate limits changed: fetching pool processes learn which task names to
+ * hand over. */
+void worker_policies_changed(struct worker *w);
 /* Lamport clock: on sending, and on receiving a clock value. */
 unsigned long worker_clock_forward(struct worker *w);
 void worker_clock_adjust(struct worker *w, unsigned long other);

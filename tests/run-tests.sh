@@ -3,8 +3,9 @@
 #
 # Installs missing Debian packages (root only), builds build/ with warnings as
 # errors, runs the unit tests (ctest) and the compat suite (real Celery 5.2 clients
-# against the real worker). With --sanitize or CELERIAC_SANITIZE=1 it then builds
-# build-asan/ with ASan+UBSan and runs both again against that binary.
+# against the real worker; twice: as the worker comes and with --pool-fetch). With
+# --sanitize or CELERIAC_SANITIZE=1 it then builds build-asan/ with ASan+UBSan and
+# runs them all again against that binary.
 # Exit status is non-zero if any step fails; every step still runs.
 #
 # Environment: JOBS (default 2), PYTEST_ARGS (extra pytest arguments, e.g. "-x -k cli"),
@@ -18,7 +19,7 @@ sanitize=${CELERIAC_SANITIZE:-0}
 for arg in "$@"; do
     case "$arg" in
         --sanitize) sanitize=1 ;;
-        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
         *) echo "run-tests.sh: unknown argument '$arg' (try --help)" >&2; exit 64 ;;
     esac
 done
@@ -55,6 +56,12 @@ suite() {
     # shellcheck disable=SC2086
     step "$name: compat (real Celery)" env \
         CELERIAC_BIN="$dir/celeriac" CELERIAC_EXAMPLES="$dir/examples.so" \
+        /usr/bin/python3 -m pytest compat -q "${pytest_timeout[@]}" ${PYTEST_ARGS:-}
+    # The same suite with pool processes that fetch for themselves.
+    # shellcheck disable=SC2086
+    step "$name: compat with --pool-fetch" env \
+        CELERIAC_BIN="$dir/celeriac" CELERIAC_EXAMPLES="$dir/examples.so" \
+        COMPAT_CELERIAC_ARGS="--pool-fetch" \
         /usr/bin/python3 -m pytest compat -q "${pytest_timeout[@]}" ${PYTEST_ARGS:-}
 }
 

@@ -10,6 +10,10 @@ producer (Celery 5.2 / kombu) sends the same workloads to each worker in turn;
 Redis is FLUSHALL'ed before every workload and every worker is stopped (SIGTERM,
 SIGKILL after a deadline) even when something fails.
 
+Worker configurations: python-prefork and python-threads (-c 2), celeriac (-c 2),
+and celeriac-pool-fetch (the same with --pool-fetch: its pool processes take
+their own messages). Ratios are printed for both celeriac configurations.
+
 Per worker configuration (each phase starts a fresh worker process):
 
   phase 1  start the worker on an empty queue; start-up = process spawn until it
@@ -508,7 +512,8 @@ class Bench:
         return node, [self.args.celeriac, "worker", "-b", self.redis.url(0), "--result-backend",
                       self.redis.url(1), "-c", "2", "-n", node, "-l", "warning",
                       "--plugin", self.args.plugin, "--prefetch-multiplier",
-                      str(self.args.prefetch_multiplier)]
+                      str(self.args.prefetch_multiplier)] + (
+                          ["--pool-fetch"] if name == "celeriac-pool-fetch" else [])
 
     def start_worker(self, name, phase):
         node, cmd = self.worker_command(name)
@@ -940,7 +945,9 @@ ROWS = [
     ("Redis cmds/doc, process_document", ("process_document", "redis_commands_per_task"), False,
      "{:.2f}"),
 ]
-CONFIGS = ["python-prefork", "python-threads", "celeriac"]
+CONFIGS = ["python-prefork", "python-threads", "celeriac", "celeriac-pool-fetch"]
+# celeriac-pool-fetch: the same binary with --pool-fetch (its pool processes
+# take their own messages; see the README's "Operating it").
 
 
 def lat_samples(results, worker):
@@ -957,15 +964,18 @@ def dig(d, path):
 
 def render(results):
     cols = [c for c in CONFIGS if c in results["workers"]]
-    ratio_cols = [c for c in ("python-prefork", "python-threads")
-                  if c in cols and "celeriac" in cols]
-    header = ["metric"] + cols + [f"celeriac/{c.split('-')[1]}" for c in ratio_cols]
+    subjects = [c for c in ("celeriac", "celeriac-pool-fetch") if c in cols]
+    ratio_cols = [(sub, c) for sub in subjects for c in ("python-prefork", "python-threads")
+                  if c in cols]
+    header = ["metric"] + cols + [
+        f"{'pool-fetch' if sub != 'celeriac' else 'celeriac'}/{c.split('-')[1]}"
+        for sub, c in ratio_cols]
     rows = []
     for label, path, higher, fmt in ROWS:
         vals = [dig(results["workers"][c], path) for c in cols]
         row = [label] + [fmt.format(v) if v is not None else "-" for v in vals]
-        cel = dig(results["workers"].get("celeriac", {}), path)
-        for c in ratio_cols:
+        for sub, c in ratio_cols:
+            cel = dig(results["workers"].get(sub, {}), path)
             base = dig(results["workers"][c], path)
             if cel is None or not base or higher is None:
                 row.append("-")
@@ -1220,7 +1230,7 @@ def main():
     for w in workers:
         if w not in CONFIGS:
             ap.error(f"unknown worker {w!r}")
-    if "celeriac" in workers:
+    if any(w.startswith("celeriac") for w in workers):
         if not a.celeriac:
             ap.error("celeriac binary not found: build it (cmake -S . -B build && cmake --build "
                      "build) or pass --celeriac / set CELERIAC_BIN")

@@ -246,3 +246,155 @@ TEST(flush_to_a_dead_process_fails_and_keeps_its_jobs)
     close(gate[0]);
     close(gate[1]);
 }
+
+/* A fetching child: takes "own1" and "own2" itself (RECEIVED), hands "eta"
+ * over (HANDOFF), accepts the parent's RUN job behind them (ACCEPTED), runs
+ * in its run order (a cancelled own job answers SKIPPED), says ACKED, and
+ * echoes CONTROL names back as a DONE detail. */
+static void fetching_child(int fd, int index, void *ud)
+{
+    (void)index;
+    (void)ud;
+    struct pool_link l = {.fd = fd};
+    const uint32_t s1 = POOL_SEQ_CHILD | 1, s2 = POOL_SEQ_CHILD | 2;
+    pool_child_queue_own(s1);
+    pool_child_queue_own(s2);
+    pool_delivery_build(&l.out, POOL_RECEIVED, s1, "tag-1", "celery", "own1", 4);
+    pool_delivery_build(&l.out, POOL_RECEIVED, s2, "tag-2", "celery", "own2", 4);
+    pool_delivery_build(&l.out, POOL_HANDOFF, 0, "tag-3", "q2", "eta", 3);
+    pool_child_flush(&l);
+    /* Wait for the parent's RUN job and a CONTROL frame. */
+    uint32_t run_seq = 0, flags, seq;
+    int type, got_run = 0, got_ctl = 0;
+    char ctl[64] = "";
+    const char *payload;
+    size_t len;
+    while (!got_run || !got_ctl) {
+        if (pool_child_next(&l, 1, &type, &flags, &seq, &payload, &len) <= 0)
+            return;
+        if (type == POOL_RUN) {
+            run_seq = seq;
+            got_run = 1;
+            struct pool_outcome acc = {.seq = seq};
+            pool_child_write(&l, POOL_ACCEPTED, &acc);
+            pool_child_flush(&l);
+        } else if (type == POOL_CONTROL && flags == POOL_CTL_QUEUES) {
+            snprintf(ctl, sizeof ctl, "%s+%s", payload, payload + strlen(payload) + 1);
+            got_ctl = 1;
+        }
+    }
+    /* Run order: own1, own2 (cancelled by the parent), the RUN job. */
+    const uint32_t order[3] = {s1, s2, run_seq};
+    const char *names[3] = {"own1", "own2", ctl};
+    for (int i = 0; i < 3; i++) {
+        if (!pool_child_claim(order[i])) {
+            struct pool_outcome skip = {.status = POOL_SKIP_CANCELLED};
+            pool_child_write(&l, POOL_SKIPPED, &skip);
+            continue;
+        }
+        struct pool_outcome out = {.status = POOL_SUCCESS, .detail = (char *)names[i]};
+        pool_child_write(&l, POOL_STARTED, NULL);
+        pool_child_write(&l, POOL_DONE, &out);
+    }
+    pool_child_write(&l, POOL_ACKED, NULL);
+    pool_child_flush(&l);
+    while (pool_child_next(&l, 1, &type, &flags, &seq, &payload, &len) > 0) {
+    }
+    pool_link_free(&l);
+}
+
+/* The next frame with its outcome (caller frees o->detail and o->meta). */
+static int next_full(struct pool_child *c, struct pool_outcome *o)
+{
+    for (int tries = 0; tries < 1000; tries++) {
+        int type = 0;
+        memset(o, 0, sizeof *o);
+        int rc = pool_read(c, &type, o);
+        if (rc < 0)
+            return rc;
+        if (rc == 1)
+            return type;
+        struct pollfd pf = {.fd = c->fd, .events = POLLIN};
+        poll(&pf, 1, 10);
+    }
+    return 0;
+}
+
+TEST(a_fetching_child_reports_what_it_takes_and_runs_in_its_order)
+{
+    struct pool p = {.fetching = 1};
+    CHECK_EQ_INT(pool_start(&p, 1, fetching_child, NULL), 0);
+    struct pool_child *c = &p.children[0];
+    CHECK_EQ_INT(c->fetching, 1);
+    int own1, own2, run, eta = 0;
+    struct pool_outcome o;
+    const char *tag, *queue, *env;
+    size_t tl, ql, el;
+    /* RECEIVED own1 and own2 join the run order in that order. */
+    CHECK_EQ_INT(next_full(c, &o), POOL_RECEIVED);
+    CHECK_EQ_INT(pool_delivery_parse(o.meta, o.meta_len, &tag, &tl, &queue, &ql, &env, &el), 0);
+    CHECK(tl == 5 && memcmp(tag, "tag-1", 5) == 0 && ql == 6 && el == 4 &&
+          memcmp(env, "own1", 4) == 0);
+    CHECK_EQ_INT(pool_received(c, o.seq, &own1), 0);
+    free(o.meta);
+    CHECK_EQ_INT(next_full(c, &o), POOL_RECEIVED);
+    CHECK_EQ_INT(pool_received(c, o.seq, &own2), 0);
+    free(o.meta);
+    CHECK(c->job == &own1 && c->nqueued == 1 && c->queued[0] == &own2);
+    /* The parent cancels own2 (a revoke) before the child runs it. */
+    CHECK_EQ_INT(pool_cancel(c, &own2), 1);
+    CHECK_EQ_INT(next_full(c, &o), POOL_HANDOFF);
+    CHECK_EQ_INT(pool_delivery_parse(o.meta, o.meta_len, &tag, &tl, &queue, &ql, &env, &el), 0);
+    CHECK(ql == 2 && memcmp(queue, "q2", 2) == 0 && el == 3 && memcmp(env, "eta", 3) == 0);
+    eta = 1;
+    free(o.meta);
+    /* A RUN job waits in the posted list until ACCEPTED. */
+    CHECK_EQ_INT(pool_post(c, 0, "run", 3, &run), 0);
+    CHECK_EQ_INT(pool_control(c, POOL_CTL_QUEUES, "a\0b", 4), 0);
+    CHECK_EQ_INT(c->nposted, 1);
+    CHECK(pool_idle(&p) == NULL);
+    CHECK_EQ_INT(next_full(c, &o), POOL_ACCEPTED);
+    CHECK(pool_accepted(c, o.seq) == &run);
+    CHECK(c->nposted == 0 && c->nqueued == 2 && c->queued[1] == &run);
+    pool_owe(c, "tag-1");
+    CHECK_EQ_INT(c->nowed, 1);
+    char d[64];
+    CHECK_EQ_INT(next_full(c, &o), POOL_STARTED);
+    CHECK_EQ_INT(next_full(c, &o), POOL_DONE);
+    snprintf(d, sizeof d, "%s", o.detail);
+    free(o.detail);
+    CHECK_STR(d, "own1");
+    CHECK(pool_advance(c) == &own1);
+    CHECK_EQ_INT(next_full(c, &o), POOL_SKIPPED);
+    CHECK_EQ_INT(o.status, POOL_SKIP_CANCELLED);
+    CHECK(pool_advance(c) == &own2);
+    CHECK_EQ_INT(next_full(c, &o), POOL_STARTED);
+    CHECK_EQ_INT(next_full(c, &o), POOL_DONE);
+    snprintf(d, sizeof d, "%s", o.detail);
+    free(o.detail);
+    CHECK_STR(d, "a+b"); /* the CONTROL names came through */
+    CHECK(pool_advance(c) == &run);
+    CHECK_EQ_INT(next_full(c, &o), POOL_ACKED);
+    pool_owed_clear(c);
+    CHECK(!c->busy && c->nowed == 0 && eta);
+    pid_t pid = c->pid;
+    pool_close(&p);
+    int status = 0;
+    CHECK(waitpid(pid, &status, 0) == pid);
+    pool_free(&p);
+}
+
+/* Malformed delivery payloads are refused, not read past their end. */
+TEST(delivery_payload_parse_refuses_short_input)
+{
+    const char *tag, *queue, *env;
+    size_t tl, ql, el;
+    CHECK_EQ_INT(pool_delivery_parse("", 0, &tag, &tl, &queue, &ql, &env, &el), CELERIAC_EPROTO);
+    CHECK_EQ_INT(pool_delivery_parse("\x05" "ab", 3, &tag, &tl, &queue, &ql, &env, &el),
+                 CELERIAC_EPROTO);
+    CHECK_EQ_INT(pool_delivery_parse("\x01" "a" "\x05" "q", 4, &tag, &tl, &queue, &ql, &env, &el),
+                 CELERIAC_EPROTO);
+    CHECK_EQ_INT(pool_delivery_parse("\x01" "a" "\x01" "q", 4, &tag, &tl, &queue, &ql, &env, &el),
+                 0);
+    CHECK(tl == 1 && ql == 1 && el == 0);
+}
