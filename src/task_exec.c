@@ -620,6 +620,7 @@ static void fetch_take(struct task_exec *x, struct pool_link *l, struct broker_d
     int mine = def && j->m.id && !(x->revoked && revoked_contains(x->revoked, j->m.id, now)) &&
                !(j->m.eta > now) && !(j->m.expires > 0 && j->m.expires < now) &&
                !handoff_name(j->m.task) && j->m.delivery_tag &&
+               strlen(j->m.delivery_tag) < sizeof d->tag &&
                (!d->reserved || strcmp(j->m.delivery_tag, d->tag) == 0) &&
                F.nheld < FETCH_HELD_MAX &&
                !celeriac_value_get(j->m.headers, "x-celeriac-redeliveries");
