@@ -316,7 +316,14 @@ def test_pool_process_killed_during_a_flood_loses_nothing(make_worker, redis_fac
     wait_for(lambda: redis.client(0).hlen("unacked") == 0, 20, "unacked to empty")
     assert w.alive
     if budget == "0" and not POOL_FETCH:  # a fetching process holds what it took, not started
-        assert "not started go to another process" not in w.logfile.read_text(errors="replace")
+        # Nothing was queued behind a running task. The one exception: a kill
+        # that lands while the main process writes a job to that process
+        # ("did not take its jobs"), whose job then goes to another process.
+        lines = w.logfile.read_text(errors="replace").splitlines()
+        for i, line in enumerate(lines):
+            if "not started go to another process" in line:
+                assert "] 1 job(s) queued" in line and i > 0 and \
+                    "did not take its jobs" in lines[i - 1], lines[max(0, i - 3):i + 1]
 
 
 @pytest.mark.celeriac_only  # the harness's Python worker takes its backend from its app module
