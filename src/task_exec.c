@@ -626,15 +626,15 @@ static void fetch_take(struct task_exec *x, struct pool_link *l, struct broker_d
                !celeriac_value_get(j->m.headers, "x-celeriac-redeliveries");
     int acks_late = def && (x->acks_late || (def->flags & CELERIAC_TASK_ACKS_LATE));
     if (mine && !d->reserved) {
-        /* BRPOP brought it: an early-ack task runs at once, as the main
-         * process runs one an idle process takes (its ack follows within the
-         * next round trip); an acks_late one is recorded in unacked first. */
+        /* BRPOP brought it: recorded in unacked before anything else (as
+         * kombu's QoS does), so that a kill of this process before it
+         * reports the message leaves it for the visibility timeout. */
         struct broker_reservation r = {.delivery_tag = j->m.delivery_tag,
                                        .exchange = j->m.exchange ? j->m.exchange : "",
                                        .routing_key = j->m.routing_key ? j->m.routing_key
                                                                        : d->queue,
                                        .priority = j->m.priority};
-        if (acks_late && (!F.connected || F.b->ops->reserve(F.b, &r, d->body, d->len) < 0))
+        if (!F.connected || F.b->ops->reserve(F.b, &r, d->body, d->len) < 0)
             mine = 0; /* the main process reserves it */
         else
             snprintf(d->tag, sizeof d->tag, "%s", j->m.delivery_tag);
