@@ -286,14 +286,8 @@ def test_pool_process_killed_during_a_flood_loses_nothing(make_worker, redis_fac
         pytest.skip("--pipeline-budget is celeriac's")
     redis = redis_factory()
     app = app_factory(redis)
-    extra = ["--pipeline-budget", budget] if budget is not None else []
-    if POOL_FETCH:
-        # A fetching process killed between its fetch call and telling the
-        # main process what it took leaves that batch in unacked, where the
-        # visibility timeout brings it back (README, --pool-fetch): a short one
-        # here, so that the test sees every task through.
-        extra += ["--visibility-timeout", "10", "--unacked-restore-interval", "1"]
-    w = make_worker(redis, concurrency=2, extra=extra)
+    w = make_worker(redis, concurrency=2,
+                    extra=["--pipeline-budget", budget] if budget is not None else [])
     warm = [app.send_task("examples.sleep", args=(0.0002,)) for i in range(20)]
     assert [r.get(timeout=30) for r in warm] == [0.0002] * 20
     # A backlog, so that jobs queue in the processes: consuming pauses while it is sent.

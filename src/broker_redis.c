@@ -41,6 +41,7 @@ struct broker_redis {
     struct broker_options opt; /* sep, priority steps, queue order, key prefix */
     /* kombu's key names with opt.keyprefix in front (global_keyprefix). */
     char unacked[160], unacked_index[160], unacked_mutex[160];
+    char record[300];          /* set_fetch_record(): key of this link's record, "" = none */
 };
 #define NSTEPS (r->opt.nsteps)
 enum { FETCH_NONE, FETCH_BRPOP, FETCH_BATCH };
@@ -105,7 +106,10 @@ static void queue_of_key(const struct broker_redis *r, const char *key, size_t k
  * search from the tail (a Lua pattern over a large envelope costs Redis
  * ~0.1 ms); the caller checks it against the decoded message. Acks of the
  * caller ride along: ARGV after the queue names are delivery tags to remove
- * from unacked first (kombu's basic_ack). */
+ * from unacked first (kombu's basic_ack). KEYS[3] with ARGV[3] == '1': a set
+ * that holds the tags this call reserved, and only those (a fetching pool
+ * process's record, read by the main process if the process dies before it
+ * reports them). */
 static const char fetch_script[] =
     "local function tag_of(v)\n"
     "  for _, key in ipairs({'\"delivery_tag\": \"', '\"delivery_tag\":\"'}) do\n"
@@ -125,30 +129,32 @@ static const char fetch_script[] =
     "  end\n"
     "  return ''\n"
     "end\n"
-    "local nres, now = tonumber(ARGV[1]), ARGV[2]\n"
-    "local nq = #KEYS - 2\n"
-    "if #ARGV > 2 + nq then\n"
-    "  local acks = {unpack(ARGV, 3 + nq)}\n"
+    "local nres, now, rec = tonumber(ARGV[1]), ARGV[2], ARGV[3] == '1'\n"
+    "local nq = #KEYS - 3\n"
+    "if #ARGV > 3 + nq then\n"
+    "  local acks = {unpack(ARGV, 4 + nq)}\n"
     "  redis.call('ZREM', KEYS[2], unpack(acks))\n"
     "  redis.call('HDEL', KEYS[1], unpack(acks))\n"
     "end\n"
-    "local out, z, h = {}, {}, {}\n"
-    "for i = 3, #KEYS do\n"
+    "local out, z, h, t = {}, {}, {}, {}\n"
+    "for i = 4, #KEYS do\n"
     "  while nres > 0 do\n"
     "    local v = redis.call('RPOP', KEYS[i])\n"
     "    if not v then break end\n"
     "    local tag = tag_of(v)\n"
     "    if tag ~= '' then\n"
     "      nres = nres - 1\n"
-    "      z[#z + 1] = now; z[#z + 1] = tag\n"
+    "      z[#z + 1] = now; z[#z + 1] = tag; t[#t + 1] = tag\n"
     "      h[#h + 1] = tag; h[#h + 1] = '[' .. v .. ', \"\", ' .. ARGV[i] .. ']'\n"
     "    end\n"
     "    out[#out + 1] = KEYS[i]; out[#out + 1] = v; out[#out + 1] = tag\n"
     "  end\n"
     "end\n"
+    "if rec then redis.call('DEL', KEYS[3]) end\n"
     "if #z > 0 then\n"
     "  redis.call('ZADD', KEYS[2], unpack(z))\n"
     "  redis.call('HSET', KEYS[1], unpack(h))\n"
+    "  if rec then redis.call('SADD', KEYS[3], unpack(t)) end\n"
     "end\n"
     "return out\n";
 
@@ -525,7 +531,7 @@ static int redis_fetch_batch_send(struct broker *b, const char *const *acks, siz
         return CELERIAC_ECONN;
     }
     size_t nkeys = r->nqueues * NSTEPS;
-    size_t argc = 3 + 2 + nkeys + 2 + nkeys + nacks;
+    size_t argc = 3 + 3 + nkeys + 3 + nkeys + nacks;
     const char **argv = calloc(argc, sizeof *argv);
     char (*keys)[256] = calloc(nkeys ? nkeys : 1, sizeof *keys);
     char **qjson = calloc(nkeys ? nkeys : 1, sizeof *qjson);
@@ -533,7 +539,7 @@ static int redis_fetch_batch_send(struct broker *b, const char *const *acks, siz
     if (!argv || !keys || !qjson)
         goto out;
     char nkeys_s[24], nr[24], now[40];
-    snprintf(nkeys_s, sizeof nkeys_s, "%zu", nkeys + 2);
+    snprintf(nkeys_s, sizeof nkeys_s, "%zu", nkeys + 3);
     snprintf(nr, sizeof nr, "%zu", n);
     unacked_score(now, sizeof now);
     size_t k = 0;
@@ -542,6 +548,7 @@ static int redis_fetch_batch_send(struct broker *b, const char *const *acks, siz
     argv[k++] = nkeys_s;
     argv[k++] = r->unacked;
     argv[k++] = r->unacked_index;
+    argv[k++] = r->record[0] ? r->record : r->unacked_index; /* unused without a record */
     for (size_t st = 0; st < NSTEPS; st++)
         for (size_t q = 0; q < r->nqueues; q++) {
             char *key = keys[st * r->nqueues + q];
@@ -550,6 +557,7 @@ static int redis_fetch_batch_send(struct broker *b, const char *const *acks, siz
         }
     argv[k++] = nr;
     argv[k++] = now;
+    argv[k++] = r->record[0] ? "1" : "0";
     for (size_t st = 0; st < NSTEPS; st++)
         for (size_t q = 0; q < r->nqueues; q++) {
             if (!(qjson[st * r->nqueues + q] = json_string(r->queues[q])))
@@ -843,6 +851,47 @@ static int redis_reject(struct broker *b, const char *tag, int requeue)
     if (rc == CELERIAC_ECONN)
         set_err(r, rc, r->cmd.errstr);
     return rc < 0 ? rc : 0;
+}
+
+static void redis_set_fetch_record(struct broker *b, const char *name)
+{
+    struct broker_redis *r = (struct broker_redis *)b;
+    if (!name || !*name)
+        r->record[0] = '\0';
+    else
+        snprintf(r->record, sizeof r->record, "%s%s", r->opt.keyprefix, name);
+}
+
+static int redis_take_fetch_record(struct broker *b, const char *name, char ***tags, size_t *n)
+{
+    struct broker_redis *r = (struct broker_redis *)b;
+    char key[300];
+    snprintf(key, sizeof key, "%s%s", r->opt.keyprefix, name);
+    *tags = NULL;
+    *n = 0;
+    redisReply *m = redis_conn_cmdf(&r->cmd, "SMEMBERS %s", key);
+    if (!m) {
+        set_err(r, CELERIAC_ECONN, r->cmd.errstr);
+        return CELERIAC_ECONN;
+    }
+    int rc = 0;
+    if (m->type == REDIS_REPLY_ARRAY && m->elements > 0) {
+        *tags = calloc(m->elements, sizeof **tags);
+        if (!*tags)
+            rc = CELERIAC_ENOMEM;
+        for (size_t i = 0; rc == 0 && i < m->elements; i++)
+            if (m->element[i]->type == REDIS_REPLY_STRING &&
+                ((*tags)[*n] = strdup(m->element[i]->str)) != NULL)
+                (*n)++;
+    }
+    freeReplyObject(m);
+    redisReply *d = redis_conn_cmdf(&r->cmd, "DEL %s", key);
+    if (!d) {
+        set_err(r, CELERIAC_ECONN, r->cmd.errstr);
+        return rc < 0 ? rc : CELERIAC_ECONN;
+    }
+    freeReplyObject(d);
+    return rc;
 }
 
 static int redis_restore(struct broker *b, const char *tag)
@@ -1216,6 +1265,8 @@ static const struct broker_ops redis_ops = {
     .ack = redis_ack,
     .reject = redis_reject,
     .restore = redis_restore,
+    .set_fetch_record = redis_set_fetch_record,
+    .take_fetch_record = redis_take_fetch_record,
     .restore_visible = redis_restore_visible,
     .refresh = redis_refresh,
     .publish = redis_publish,

@@ -184,6 +184,7 @@ static int spawn(struct pool *p, struct pool_child *c)
     c->retiring = 0;
     c->replace = 0;
     c->nposted = 0;
+    c->nreported = 0;
     c->fetching = p->fetching;
     pool_owed_clear(c);
     return 0;

@@ -109,6 +109,8 @@ struct pool_child {
     size_t nposted;
     char **owed;       /* owned: delivery tags whose ack the child owes (pool_owe()) */
     size_t nowed, owed_cap;
+    char reported[32][128]; /* the last delivery tags it reported (RECEIVED, HANDOFF), a ring */
+    unsigned nreported;
 };
 
 struct pool {

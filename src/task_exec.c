@@ -944,6 +944,11 @@ static void fetch_main(struct task_exec *x, struct pool_link *l)
     }
     if (F.b->ops->set_queues(F.b, (char **)x->queues, x->nqueues) < 0)
         log_error("broker (fetching): %s", F.b->errstr);
+    /* What each fetch takes is also recorded in Redis, so that the main
+     * process can return it if this process dies before reporting it. */
+    char record[300];
+    snprintf(record, sizeof record, "celeriac.fetching.%s.%d", x->hostname, (int)getpid());
+    F.b->ops->set_fetch_record(F.b, record);
     for (size_t i = 0; i < x->nhandoff; i++) {
         char **v = realloc(F.handoff, (F.nhandoff + 1) * sizeof *v);
         if (!v)

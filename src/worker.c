@@ -753,6 +753,48 @@ static void job_limits(struct worker *w, struct job *j);
 static void return_reserved(struct worker *w);
 static void child_protocol_error(struct worker *w, struct pool_child *c, const char *what);
 
+/* The tags a fetching process reported, kept for return_unreported(). */
+static void note_reported(struct pool_child *c, const char *tag, size_t len)
+{
+    if (!len || len >= sizeof c->reported[0])
+        return;
+    char *slot = c->reported[c->nreported++ % (sizeof c->reported / sizeof c->reported[0])];
+    memcpy(slot, tag, len);
+    slot[len] = '\0';
+}
+
+/* A fetching process died: what its last fetch took and it never reported
+ * (a kill between the fetch call and its report) goes back to the queue now,
+ * instead of after the visibility timeout. Read from the record the fetch
+ * call keeps in Redis. */
+static void return_unreported(struct worker *w, struct pool_child *c)
+{
+    if (w->state == W_RECONNECTING || !w->broker->ops->take_fetch_record)
+        return;
+    char name[300], **tags = NULL;
+    size_t n = 0;
+    snprintf(name, sizeof name, "celeriac.fetching.%s.%d", w->cfg->hostname, (int)c->pid);
+    if (w->broker->ops->take_fetch_record(w->broker, name, &tags, &n) < 0) {
+        log_warning("could not read what ForkPoolWorker-%d last took (%s); it comes back "
+                    "after visibility_timeout", c->index, w->broker->errstr);
+        n = 0;
+    }
+    size_t back = 0;
+    for (size_t i = 0; i < n; i++) {
+        int known = 0;
+        size_t ring = sizeof c->reported / sizeof c->reported[0];
+        for (size_t k = 0; k < ring && k < c->nreported && !known; k++)
+            known = strcmp(c->reported[k], tags[i]) == 0;
+        if (!known && w->broker->ops->restore(w->broker, tags[i]) == 0)
+            back++;
+        free(tags[i]);
+    }
+    free(tags);
+    if (back)
+        log_warning("%zu message(s) ForkPoolWorker-%d took and never reported went back to their "
+                    "queue", back, c->index);
+}
+
 /* RECEIVED: a fetching pool process took a message and runs it. The main
  * process keeps its books as if it had sent the job there (the job joins the
  * process's run order); a revoked one is cancelled before it starts. */
@@ -788,6 +830,7 @@ static void on_received(struct worker *w, struct pool_child *c, const struct poo
         w->unacked++;
     j->worker_pid = c->pid;
     job_limits(w, j);
+    note_reported(c, tag, tl);
     if (!j->msg.delivery_tag || (size_t)strlen(j->msg.delivery_tag) != tl ||
         memcmp(j->msg.delivery_tag, tag, tl) != 0 || pool_received(c, o->seq, j) < 0) {
         job_free(j);
@@ -813,6 +856,7 @@ static void on_handoff(struct worker *w, struct pool_child *c, const struct pool
         child_protocol_error(w, c, "malformed HANDOFF frame");
         return;
     }
+    note_reported(c, tag, tl);
     struct broker_delivery d = {0};
     if (!(d.body = malloc(el + 1))) {
         log_error("out of memory taking over a message from %.*s; it comes back after "
@@ -1206,6 +1250,8 @@ static void child_lost(struct worker *w, struct pool_child *c, int status)
 {
     char how[64];
     describe_status(status, how, sizeof how);
+    if (c->fetching)
+        return_unreported(w, c);
     /* A fetching process: what it took becomes this process's own, the acks
      * it still owed are sent from here, and jobs posted to it that it never
      * accepted go back too (behind the ones it had queued). */
