@@ -326,6 +326,48 @@ def test_pool_process_killed_during_a_flood_loses_nothing(make_worker, redis_fac
             (back, untaken)
 
 
+@pytest.mark.celeriac_only  # --pool-fetch
+def test_fetching_process_killed_before_reporting_gives_back_what_it_took(
+        make_worker, redis_factory, app_factory):
+    """--pool-fetch: each batch fetch leaves what it reserved in a record with an expiry
+    (so a worker killed whole leaves nothing behind for good). A pool process killed
+    after a fetch and before it reported the messages: the main process reads the record
+    and returns them to the queue at once, not after visibility_timeout (an hour here).
+    The state of that moment is made by hand: two messages reserved in unacked, and the
+    record of the process naming them."""
+    redis = redis_factory()
+    app = app_factory(redis)
+    w = make_worker(redis, concurrency=1, extra=["--pool-fetch"])
+    broker = redis.client(0)
+    assert app.send_task("examples.add", args=(1, 2)).get(timeout=30) == 3
+    kids = child_pids(w.pid)
+    assert len(kids) == 1
+    record = f"celeriac.fetching.{w.name}@{socket.gethostname()}.{kids[0]}"
+    # While a flood runs, the process's last batch is in its record, with an expiry (an
+    # empty fetch deletes it).
+    flood = [app.send_task("examples.sleep", args=(0.001,)) for _ in range(1000)]
+    wait_for(lambda: 0 < broker.pttl(record) <= 3600 * 1000, 30,
+             f"{record} to hold a batch, with an expiry")
+    assert len(broker.get(record).split(b"\n")) <= 4  # the window: --prefetch-multiplier
+    assert [r.get(timeout=60) for r in flood] == [0.001] * len(flood)
+    # Two messages as the batch fetch leaves them: popped, and reserved in unacked.
+    taken = [app.send_task("examples.add", args=(i, 10), queue="parking") for i in range(2)]
+    tags = []
+    for _ in taken:
+        env = broker.rpop("parking")
+        tag = json.loads(env)["properties"]["delivery_tag"]
+        broker.hset("unacked", tag, b'[' + env + b', "", "celery"]')
+        broker.zadd("unacked_index", {tag: time.time()})
+        tags.append(tag)
+    broker.set(record, "\n".join(tags), px=3600 * 1000)
+    os.kill(kids[0], signal.SIGKILL)
+    assert [r.get(timeout=30) for r in taken] == [10, 11]
+    wait_for(lambda: broker.hlen("unacked") == 0, 20, "unacked to empty")
+    assert "2 message(s) ForkPoolWorker-1 took and never reported went back to their queue" \
+        in w.logfile.read_text(errors="replace")
+    assert w.alive
+
+
 @pytest.mark.celeriac_only  # the harness's Python worker takes its backend from its app module
 def test_result_backend_down_keeps_the_worker_answering(make_worker, redis_factory,
                                                          app_factory):

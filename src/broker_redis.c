@@ -45,6 +45,11 @@ struct broker_redis {
 };
 #define NSTEPS (r->opt.nsteps)
 enum { FETCH_NONE, FETCH_BRPOP, FETCH_BATCH };
+/* How long a fetch record outlives its last fetch. It matters only between
+ * a fetch and the process's report of what it took; the expiry only cleans
+ * up after a worker killed whole (a message it took is still in unacked,
+ * restored after visibility_timeout). */
+#define FETCH_RECORD_TTL_MS "3600000"
 
 static void batch_forget(struct broker_redis *r)
 {
@@ -106,10 +111,11 @@ static void queue_of_key(const struct broker_redis *r, const char *key, size_t k
  * search from the tail (a Lua pattern over a large envelope costs Redis
  * ~0.1 ms); the caller checks it against the decoded message. Acks of the
  * caller ride along: ARGV after the queue names are delivery tags to remove
- * from unacked first (kombu's basic_ack). KEYS[3] with ARGV[3] == '1': a set
- * that holds the tags this call reserved, and only those (a fetching pool
- * process's record, read by the main process if the process dies before it
- * reports them). */
+ * from unacked first (kombu's basic_ack). KEYS[3] with ARGV[3] a TTL in ms
+ * (not '0'): a string that holds the tags this call reserved, and only those,
+ * one per line (a fetching pool process's record, read by the main process
+ * if the process dies before it reports them); it expires, so that the
+ * record of a worker killed whole does not stay in Redis. */
 static const char fetch_script[] =
     "local function tag_of(v)\n"
     "  for _, key in ipairs({'\"delivery_tag\": \"', '\"delivery_tag\":\"'}) do\n"
@@ -129,7 +135,7 @@ static const char fetch_script[] =
     "  end\n"
     "  return ''\n"
     "end\n"
-    "local nres, now, rec = tonumber(ARGV[1]), ARGV[2], ARGV[3] == '1'\n"
+    "local nres, now, rec = tonumber(ARGV[1]), ARGV[2], ARGV[3] ~= '0'\n"
     "local nq = #KEYS - 3\n"
     "if #ARGV > 3 + nq then\n"
     "  local acks = {unpack(ARGV, 4 + nq)}\n"
@@ -150,11 +156,12 @@ static const char fetch_script[] =
     "    out[#out + 1] = KEYS[i]; out[#out + 1] = v; out[#out + 1] = tag\n"
     "  end\n"
     "end\n"
-    "if rec then redis.call('DEL', KEYS[3]) end\n"
     "if #z > 0 then\n"
     "  redis.call('ZADD', KEYS[2], unpack(z))\n"
     "  redis.call('HSET', KEYS[1], unpack(h))\n"
-    "  if rec then redis.call('SADD', KEYS[3], unpack(t)) end\n"
+    "  if rec then redis.call('SET', KEYS[3], table.concat(t, '\\n'), 'PX', ARGV[3]) end\n"
+    "elseif rec then\n"
+    "  redis.call('DEL', KEYS[3])\n"
     "end\n"
     "return out\n";
 
@@ -557,7 +564,7 @@ static int redis_fetch_batch_send(struct broker *b, const char *const *acks, siz
         }
     argv[k++] = nr;
     argv[k++] = now;
-    argv[k++] = r->record[0] ? "1" : "0";
+    argv[k++] = r->record[0] ? FETCH_RECORD_TTL_MS : "0";
     for (size_t st = 0; st < NSTEPS; st++)
         for (size_t q = 0; q < r->nqueues; q++) {
             if (!(qjson[st * r->nqueues + q] = json_string(r->queues[q])))
@@ -869,20 +876,25 @@ static int redis_take_fetch_record(struct broker *b, const char *name, char ***t
     snprintf(key, sizeof key, "%s%s", r->opt.keyprefix, name);
     *tags = NULL;
     *n = 0;
-    redisReply *m = redis_conn_cmdf(&r->cmd, "SMEMBERS %s", key);
+    redisReply *m = redis_conn_cmdf(&r->cmd, "GET %s", key);
     if (!m) {
         set_err(r, CELERIAC_ECONN, r->cmd.errstr);
         return CELERIAC_ECONN;
     }
     int rc = 0;
-    if (m->type == REDIS_REPLY_ARRAY && m->elements > 0) {
-        *tags = calloc(m->elements, sizeof **tags);
-        if (!*tags)
+    if (m->type == REDIS_REPLY_STRING && m->len > 0) {
+        size_t lines = 1;
+        for (size_t i = 0; i < m->len; i++)
+            lines += m->str[i] == '\n';
+        if (!(*tags = calloc(lines, sizeof **tags)))
             rc = CELERIAC_ENOMEM;
-        for (size_t i = 0; rc == 0 && i < m->elements; i++)
-            if (m->element[i]->type == REDIS_REPLY_STRING &&
-                ((*tags)[*n] = strdup(m->element[i]->str)) != NULL)
+        for (const char *p = m->str, *end = m->str + m->len; rc == 0 && p < end;) {
+            const char *nl = memchr(p, '\n', (size_t)(end - p));
+            size_t len = nl ? (size_t)(nl - p) : (size_t)(end - p);
+            if (len && ((*tags)[*n] = strndup(p, len)) != NULL)
                 (*n)++;
+            p += len + 1;
+        }
     }
     freeReplyObject(m);
     redisReply *d = redis_conn_cmdf(&r->cmd, "DEL %s", key);

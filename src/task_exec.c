@@ -491,6 +491,7 @@ static struct fetcher {
     int eof;                     /* the main process closed our link: stop taking */
     int paused;                  /* the main process cannot store results now */
     int short_run;               /* the last task run here is known to be short */
+    struct buf scratch;          /* a RECEIVED payload being built */
 } F;
 
 static void tags_push(struct tags *t, const char *tag)
@@ -662,7 +663,15 @@ static void fetch_take(struct task_exec *x, struct pool_link *l, struct broker_d
                (x->ignore_result ? EXEC_IGNORE_RESULT : 0) |
                (x->backend ? EXEC_PARENT_STORES : 0);
     pool_child_queue_own(j->seq);
-    if (pool_delivery_build(&l->out, POOL_RECEIVED, j->seq, d->tag, d->queue, j->env, j->len) < 0) {
+    /* The main process reads the header fields from the pack instead of
+     * decoding the envelope again (an empty pack when there is none). */
+    F.scratch.len = 0;
+    uint32_t none = 0;
+    int packed = task_message_pack_headers(&j->m, &F.scratch) == 0 ||
+                 (F.scratch.len = 0, buf_append(&F.scratch, &none, sizeof none) == 0);
+    if (!packed || buf_append(&F.scratch, j->env, j->len) < 0 ||
+        pool_delivery_build(&l->out, POOL_RECEIVED, j->seq, d->tag, d->queue, F.scratch.p,
+                            F.scratch.len) < 0) {
         /* The main process cannot know it: it stays in unacked for the
          * visibility timeout to bring back. */
         log_error("cannot report a message from %s to the main process; left in unacked",
@@ -993,6 +1002,7 @@ static void fetch_main(struct task_exec *x, struct pool_link *l)
     broker_free(F.b);
     F.b = NULL;
     set_names(&F.handoff, &F.nhandoff, "", 0);
+    buf_free(&F.scratch);
     free(F.acks.v);
     for (size_t i = 0; i < F.nest; i++)
         free(F.est[i].name);

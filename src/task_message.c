@@ -615,7 +615,7 @@ out:
 
 struct pack_scalars {
     int32_t protocol, retries, has_group_index, ignore_result, redelivered, priority;
-    int32_t body_inline, unused;
+    int32_t body_inline, headers_only;
     int64_t group_index;
     double eta, expires, time_limit, soft_time_limit;
     uint64_t body_off, body_len;
@@ -650,18 +650,19 @@ static int pack_bytes(struct buf *out, const char *p, size_t n)
     return 0;
 }
 
-int task_message_pack(const struct task_message *m, struct buf *out)
+/* headers_only: the header fields alone (no body reference), marked so in
+ * pack_scalars.headers_only. */
+static int pack(const struct task_message *m, struct buf *out, int headers_only)
 {
-    if (!m || !out || m->protocol != 2 || !m->body_pending || !m->body_packable)
-        return CELERIAC_EINVAL;
     size_t start = out->len;
+    int inline_body = !headers_only && m->body_text != NULL;
     struct pack_scalars sc = {
         .protocol = m->protocol, .retries = m->retries, .has_group_index = m->has_group_index,
         .ignore_result = m->ignore_result, .redelivered = m->redelivered,
-        .priority = m->priority, .body_inline = m->body_text != NULL,
+        .priority = m->priority, .body_inline = inline_body, .headers_only = headers_only,
         .group_index = m->group_index, .eta = m->eta, .expires = m->expires,
         .time_limit = m->time_limit, .soft_time_limit = m->soft_time_limit,
-        .body_off = m->body_off, .body_len = m->body_len};
+        .body_off = headers_only ? 0 : m->body_off, .body_len = headers_only ? 0 : m->body_len};
     uint32_t n = 0;
     unsigned char version = PACK_VERSION;
     int rc = 0;
@@ -672,7 +673,7 @@ int task_message_pack(const struct task_message *m, struct buf *out)
         const char *f = *string_field((struct task_message *)m, i);
         rc = pack_bytes(out, f, f ? strlen(f) : 0);
     }
-    if (rc == 0 && m->body_text)
+    if (rc == 0 && inline_body)
         rc = pack_bytes(out, m->body_text->u.s.p, m->body_text->u.s.len);
     if (rc == 0 && out->len - start - sizeof n >= PACK_NULL)
         rc = CELERIAC_EINVAL;
@@ -683,6 +684,20 @@ int task_message_pack(const struct task_message *m, struct buf *out)
     n = (uint32_t)(out->len - start - sizeof n);
     memcpy(out->p + start, &n, sizeof n);
     return 0;
+}
+
+int task_message_pack(const struct task_message *m, struct buf *out)
+{
+    if (!m || !out || m->protocol != 2 || !m->body_pending || !m->body_packable)
+        return CELERIAC_EINVAL;
+    return pack(m, out, 0);
+}
+
+int task_message_pack_headers(const struct task_message *m, struct buf *out)
+{
+    if (!m || !out || !m->id || !m->task)
+        return CELERIAC_EINVAL;
+    return pack(m, out, 1);
 }
 
 int task_message_packed_envelope(const char *packed, size_t len, const char **envelope,
@@ -735,7 +750,7 @@ static int decode_packed_fast(const char *packed, const char *env, size_t env_le
         return 0;
     memcpy(&sc, q + 1, sizeof sc);
     q += 1 + sizeof sc;
-    if (sc.protocol != 2)
+    if (sc.protocol != 2 || sc.headers_only)
         return 0;
     for (size_t i = 0; i < NPACK_STRINGS; i++) {
         const char *p;
@@ -785,6 +800,49 @@ fallback:
     celeriac_value_free(body);
     task_message_clear(out);
     return 0;
+}
+
+int task_message_unpack_headers(const char *packed, size_t len, struct task_message *out)
+{
+    const char *env, *q, *end;
+    size_t env_len;
+    struct pack_scalars sc;
+    if (!out)
+        return CELERIAC_EINVAL;
+    memset(out, 0, sizeof *out);
+    if (task_message_packed_envelope(packed, len, &env, &env_len) < 0)
+        return CELERIAC_EPARSE;
+    q = packed + sizeof(uint32_t);
+    end = env;
+    if ((size_t)(end - q) < 1 + sizeof sc || *q != PACK_VERSION)
+        return CELERIAC_EPARSE;
+    memcpy(&sc, q + 1, sizeof sc);
+    q += 1 + sizeof sc;
+    struct dec d = {out, NULL, 0, 0};
+    for (size_t i = 0; i < NPACK_STRINGS; i++) {
+        const char *p;
+        size_t n;
+        if (!unpack_bytes(&q, end, &p, &n) || (p && !(*string_field(out, i) = dup_bytes(&d, p, n))))
+            goto bad;
+    }
+    if (!sc.headers_only || q != end || !out->id || !out->task)
+        goto bad;
+    out->protocol = sc.protocol;
+    out->retries = sc.retries;
+    out->has_group_index = sc.has_group_index;
+    out->ignore_result = sc.ignore_result;
+    out->redelivered = sc.redelivered;
+    out->priority = sc.priority;
+    out->group_index = (long)sc.group_index;
+    out->eta = sc.eta;
+    out->expires = sc.expires;
+    out->time_limit = sc.time_limit;
+    out->soft_time_limit = sc.soft_time_limit;
+    out->body_pending = 1; /* args, kwargs and embed: from the envelope when needed */
+    return 0;
+bad:
+    task_message_clear(out);
+    return CELERIAC_EPARSE;
 }
 
 int task_message_decode_packed(const char *packed, size_t len,

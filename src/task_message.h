@@ -89,6 +89,15 @@ int task_message_decode(const char *envelope, size_t len, const struct task_mess
  * CELERIAC_EINVAL when m cannot be packed (the caller sends the envelope
  * alone), CELERIAC_ENOMEM. */
 int task_message_pack(const struct task_message *m, struct buf *out);
+/* The same pack for a message decoded in full (a pool process that fetched
+ * it itself): its header fields alone, the body left in the envelope.
+ * Returns 0, CELERIAC_EINVAL (no id or task), CELERIAC_ENOMEM. */
+int task_message_pack_headers(const struct task_message *m, struct buf *out);
+/* Reads such a packed message (pack_headers, then the envelope) into out:
+ * the header fields, body_pending set, args/kwargs/embed/headers NULL (read
+ * them from the envelope). 0, or CELERIAC_EPARSE for anything but a
+ * well-formed headers pack (out cleared). */
+int task_message_unpack_headers(const char *packed, size_t len, struct task_message *out);
 /* Decodes a packed message (pack, then the envelope, len bytes in all) into
  * out, body included: the same outcome as task_message_decode() of the
  * envelope with lim, which it falls back to for anything but a well-formed

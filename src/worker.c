@@ -800,9 +800,10 @@ static void return_unreported(struct worker *w, struct pool_child *c)
  * process's run order); a revoked one is cancelled before it starts. */
 static void on_received(struct worker *w, struct pool_child *c, const struct pool_outcome *o)
 {
-    const char *tag, *queue, *env;
-    size_t tl, ql, el;
-    if (pool_delivery_parse(o->meta, o->meta_len, &tag, &tl, &queue, &ql, &env, &el) < 0) {
+    const char *tag, *queue, *packed, *env;
+    size_t tl, ql, pl, el;
+    if (pool_delivery_parse(o->meta, o->meta_len, &tag, &tl, &queue, &ql, &packed, &pl) < 0 ||
+        task_message_packed_envelope(packed, pl, &env, &el) < 0) {
         child_protocol_error(w, c, "malformed RECEIVED frame");
         return;
     }
@@ -818,7 +819,9 @@ static void on_received(struct worker *w, struct pool_child *c, const struct poo
     snprintf(j->queue, sizeof j->queue, "%.*s", (int)ql, queue);
     j->received = util_now();
     char err[512] = "";
-    if (task_message_decode(j->envelope, j->len, &w->limits, &j->msg, err, sizeof err) < 0)
+    /* The header fields the process packed, or (an empty pack) the envelope. */
+    if (task_message_unpack_headers(packed, pl, &j->msg) < 0 &&
+        task_message_decode(j->envelope, j->len, &w->limits, &j->msg, err, sizeof err) < 0)
         log_error("a pool process took a message this process cannot decode: %s", err);
     const struct task_def *def = task_registry_find(w->registry, j->msg.task);
     j->reserved = 1;

@@ -80,6 +80,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
      * main process; still bounded). */
     task_message_decode_packed((const char *)data, size, &tlim, &m, err, sizeof err);
     task_message_clear(&m);
+    task_message_unpack_headers((const char *)data, size, &m);
+    task_message_clear(&m);
+    /* A fetching pool process's headers pack carries its decode's fields. */
+    if (task_message_decode((const char *)data, size, &tlim, &m, err, sizeof err) == 0) {
+        struct task_message u;
+        buf_free(&pk);
+        if (task_message_pack_headers(&m, &pk) == 0 && buf_append(&pk, data, size) == 0) {
+            if (task_message_unpack_headers(pk.p, pk.len, &u) < 0 || strcmp(u.id, m.id) != 0 ||
+                strcmp(u.task, m.task) != 0 || u.eta != m.eta || u.retries != m.retries)
+                abort();
+            task_message_clear(&u);
+        }
+        buf_free(&pk);
+    }
+    task_message_clear(&m);
 
     /* The input as a body inside a well-formed envelope, so that the body
      * paths (protocol 1, 2, hybrid; json and msgpack) are reached directly.

@@ -561,6 +561,7 @@ TEST(headers_only_leaves_body_for_the_pool)
 
 static int handoff_fast; /* packed decodes that did not fall back */
 static int handoff_packed;
+static int headers_packed; /* full decodes a headers pack was checked for */
 
 static void check_same_str(const char *what, const char *a, const char *b)
 {
@@ -640,6 +641,58 @@ static void check_handoff(const char *env, size_t n, const struct task_message_l
         task_message_clear(&p);
     }
     buf_free(&b);
+    /* A pool process that fetched the message itself hands the main process
+     * the header fields of its full decode: the same fields, the body left
+     * in the envelope; the pool's own decoder never takes that pack for a
+     * body (it falls back to the envelope). */
+    struct buf hb = {0};
+    if (rf == 0 && task_message_pack_headers(&f, &hb) == 0) {
+        CHECK_EQ_INT(buf_append(&hb, env, n), 0);
+        headers_packed++;
+        struct task_message u;
+        CHECK_EQ_INT(task_message_unpack_headers(hb.p, hb.len, &u), 0);
+        const char *uf[] = {u.id, u.task, u.shadow, u.root_id, u.parent_id, u.group, u.origin,
+                            u.argsrepr, u.kwargsrepr, u.content_type, u.correlation_id,
+                            u.reply_to, u.delivery_tag, u.exchange, u.routing_key};
+        const char *ff[] = {f.id, f.task, f.shadow, f.root_id, f.parent_id, f.group, f.origin,
+                            f.argsrepr, f.kwargsrepr, f.content_type, f.correlation_id,
+                            f.reply_to, f.delivery_tag, f.exchange, f.routing_key};
+        for (size_t i = 0; i < sizeof uf / sizeof uf[0]; i++)
+            check_same_str("unpacked header field", uf[i], ff[i]);
+        CHECK_EQ_INT(u.protocol, f.protocol);
+        CHECK_EQ_INT(u.retries, f.retries);
+        CHECK_EQ_INT(u.group_index, f.group_index);
+        CHECK_EQ_INT(u.ignore_result, f.ignore_result);
+        CHECK_EQ_INT(u.redelivered, f.redelivered);
+        CHECK_EQ_INT(u.priority, f.priority);
+        CHECK(u.eta == f.eta && u.expires == f.expires && u.time_limit == f.time_limit &&
+              u.soft_time_limit == f.soft_time_limit);
+        CHECK(u.body_pending && !u.args && !u.kwargs && !u.embed && !u.headers);
+        task_message_clear(&u);
+        struct task_message q;
+        char eq[256] = "";
+        CHECK_EQ_INT(task_message_decode_packed(hb.p, hb.len, &full_lim, &q, eq, sizeof eq), 0);
+        check_same_str("id from a headers pack", q.id, f.id);
+        check_same_value("args from a headers pack", q.args, f.args);
+        CHECK(q.headers != NULL); /* the full decode of the envelope */
+        task_message_clear(&q);
+        /* Every truncation is refused, never read past. */
+        const char *pe;
+        size_t pen;
+        CHECK_EQ_INT(task_message_packed_envelope(hb.p, hb.len, &pe, &pen), 0);
+        for (size_t cut = 0; cut < (size_t)(pe - hb.p); cut++) {
+            uint32_t k = (uint32_t)(cut > 4 ? cut - 4 : 0);
+            struct buf t = {0};
+            buf_append(&t, &k, sizeof k);
+            if (cut > 4)
+                buf_append(&t, hb.p + 4, cut - 4);
+            buf_append(&t, pe, pen);
+            CHECK_EQ_INT(task_message_unpack_headers(t.p, t.len, &u), CELERIAC_EPARSE);
+            CHECK(!u.id && !u.task);
+            buf_free(&t);
+        }
+    }
+    buf_free(&hb);
     task_message_clear(&f);
     task_message_clear(&h);
 }
@@ -774,6 +827,7 @@ TEST(packed_handoff_is_the_full_decode)
         free(bases[k]);
     }
     CHECK(handoff_packed - packed_before >= 300);
+    CHECK(headers_packed >= 300);
 }
 
 TEST(packed_handoff_rejects_malformed_packs)
@@ -806,6 +860,21 @@ TEST(packed_handoff_rejects_malformed_packs)
     CHECK_EQ_INT(task_message_pack(&m, &b), CELERIAC_EINVAL);
     CHECK_EQ_INT(b.len, 0);
     task_message_clear(&m);
+    /* A pool process's headers pack: only that kind is read as one. */
+    struct task_message u;
+    n = 0;
+    buf_append(&b, &n, sizeof n);
+    buf_puts(&b, e);
+    CHECK_EQ_INT(task_message_unpack_headers(b.p, b.len, &u), CELERIAC_EPARSE); /* empty pack */
+    CHECK_EQ_INT(task_message_unpack_headers("", 0, &u), CELERIAC_EPARSE);
+    lim.headers_only = 1;
+    CHECK_EQ_INT(task_message_decode(e, strlen(e), &lim, &m, err, sizeof err), 0);
+    b.len = 0;
+    CHECK_EQ_INT(task_message_pack(&m, &b), 0);
+    buf_puts(&b, e);
+    CHECK_EQ_INT(task_message_unpack_headers(b.p, b.len, &u), CELERIAC_EPARSE); /* a body pack */
+    task_message_clear(&m);
+    CHECK_EQ_INT(task_message_pack_headers(&m, &b), CELERIAC_EINVAL); /* no id, no task */
     buf_free(&b);
     free(e);
 }
