@@ -579,14 +579,16 @@ int pool_control(struct pool_child *c, int kind, const char *names, size_t len)
 }
 
 /* RECEIVED / HANDOFF: u32 length, u8 type, u32 seq, u8 tag length, tag,
- * u8 queue length, queue, envelope. */
+ * u8 queue length, queue, head, envelope. */
 int pool_delivery_build(struct buf *out, int type, uint32_t seq, const char *tag,
-                        const char *queue, const char *envelope, size_t len)
+                        const char *queue, const char *head, size_t head_len,
+                        const char *envelope, size_t len)
 {
     size_t tl = strlen(tag), ql = strlen(queue);
-    if (tl > 255 || ql > 255 || len > MAX_FRAME - 16 - tl - ql)
+    if (tl > 255 || ql > 255 || len > MAX_FRAME - 16 - tl - ql ||
+        head_len > MAX_FRAME - 16 - tl - ql - len)
         return CELERIAC_ETOOBIG;
-    uint32_t total = (uint32_t)(1 + 4 + 1 + tl + 1 + ql + len);
+    uint32_t total = (uint32_t)(1 + 4 + 1 + tl + 1 + ql + head_len + len);
     unsigned char t = (unsigned char)type, l8;
     if (buf_append(out, &total, 4) < 0 || buf_append(out, &t, 1) < 0 ||
         buf_append(out, &seq, 4) < 0)
@@ -596,7 +598,7 @@ int pool_delivery_build(struct buf *out, int type, uint32_t seq, const char *tag
         return CELERIAC_ENOMEM;
     l8 = (unsigned char)ql;
     if (buf_append(out, &l8, 1) < 0 || buf_append(out, queue, ql) < 0 ||
-        buf_append(out, envelope, len) < 0)
+        (head_len && buf_append(out, head, head_len) < 0) || buf_append(out, envelope, len) < 0)
         return CELERIAC_ENOMEM;
     return 0;
 }

@@ -27,13 +27,15 @@ enum pool_frame {
     POOL_SKIPPED = 4, /* child -> parent: the job did not run (u8 enum pool_skip) */
     /* Pool processes that fetch for themselves (struct pool.fetching): */
     POOL_RECEIVED = 5, /* child -> parent: it took a message it will run (u32 sequence
-                        * number, u8 tag length, tag, u8 queue length, queue, envelope);
-                        * it joins the child's run order */
+                        * number, u8 tag length, tag, u8 queue length, queue, the
+                        * packed message: task_message_pack_headers() then the
+                        * envelope); it joins the child's run order */
     POOL_ACCEPTED = 6, /* child -> parent: a RUN job (u32 sequence number) joined the
                         * child's run order, behind what it took before */
     POOL_HANDOFF = 7,  /* child -> parent: a message it took and will not run (ETA,
                         * rate limit, anything unusual): the parent takes it over
-                        * (payload as RECEIVED, sequence number unused) */
+                        * (payload as RECEIVED, with the envelope alone, sequence
+                        * number unused) */
     POOL_ACKED = 8,    /* child -> parent: every ack it owed for jobs it reported
                         * (STARTED, or DONE with acks_late) is done */
     POOL_CONTROL = 9   /* parent -> child: u8 enum pool_control, NUL-separated names */
@@ -176,10 +178,14 @@ void pool_owe(struct pool_child *c, const char *tag);
 void pool_owed_clear(struct pool_child *c);
 /* Sends a CONTROL frame (names NUL-separated, len bytes in all). */
 int pool_control(struct pool_child *c, int kind, const char *names, size_t len);
-/* RECEIVED / HANDOFF payload: builds one into out, or parses one (pointers
- * into payload; tag and queue not NUL-terminated, their lengths returned). */
+/* RECEIVED / HANDOFF payload: builds one into out (head_len bytes of head,
+ * then the envelope, as one: RECEIVED's head is the header pack of
+ * task_message_pack_headers(), HANDOFF has none), or parses one (pointers
+ * into payload; tag and queue not NUL-terminated, their lengths returned;
+ * *envelope is head and envelope together). */
 int pool_delivery_build(struct buf *out, int type, uint32_t seq, const char *tag,
-                        const char *queue, const char *envelope, size_t len);
+                        const char *queue, const char *head, size_t head_len,
+                        const char *envelope, size_t len);
 int pool_delivery_parse(const char *payload, size_t len, const char **tag, size_t *tag_len,
                         const char **queue, size_t *queue_len, const char **envelope,
                         size_t *env_len);

@@ -491,7 +491,7 @@ static struct fetcher {
     int eof;                     /* the main process closed our link: stop taking */
     int paused;                  /* the main process cannot store results now */
     int short_run;               /* the last task run here is known to be short */
-    struct buf scratch;          /* a RECEIVED payload being built */
+    struct buf pack;             /* the header pack of a RECEIVED frame being built */
 } F;
 
 static void tags_push(struct tags *t, const char *tag)
@@ -643,7 +643,7 @@ static void fetch_take(struct task_exec *x, struct pool_link *l, struct broker_d
     if (!mine) {
         task_message_clear(&j->m);
         if (pool_delivery_build(&l->out, POOL_HANDOFF, 0, d->reserved ? d->tag : "", d->queue,
-                                d->body, d->len) < 0)
+                                NULL, 0, d->body, d->len) < 0)
             log_error("cannot hand a message from %s to the main process; it stays in unacked "
                       "and comes back after visibility_timeout", d->queue);
         free(d->body);
@@ -664,14 +664,16 @@ static void fetch_take(struct task_exec *x, struct pool_link *l, struct broker_d
                (x->backend ? EXEC_PARENT_STORES : 0);
     pool_child_queue_own(j->seq);
     /* The main process reads the header fields from the pack instead of
-     * decoding the envelope again (an empty pack when there is none). */
-    F.scratch.len = 0;
-    uint32_t none = 0;
-    int packed = task_message_pack_headers(&j->m, &F.scratch) == 0 ||
-                 (F.scratch.len = 0, buf_append(&F.scratch, &none, sizeof none) == 0);
-    if (!packed || buf_append(&F.scratch, j->env, j->len) < 0 ||
-        pool_delivery_build(&l->out, POOL_RECEIVED, j->seq, d->tag, d->queue, F.scratch.p,
-                            F.scratch.len) < 0) {
+     * decoding the envelope again (from the envelope when the pack is empty). */
+    F.pack.len = 0;
+    if (task_message_pack_headers(&j->m, &F.pack) < 0) {
+        uint32_t empty = 0;
+        F.pack.len = 0;
+        buf_append(&F.pack, &empty, sizeof empty);
+    }
+    if (F.pack.len < sizeof(uint32_t) ||
+        pool_delivery_build(&l->out, POOL_RECEIVED, j->seq, d->tag, d->queue, F.pack.p,
+                            F.pack.len, j->env, j->len) < 0) {
         /* The main process cannot know it: it stays in unacked for the
          * visibility timeout to bring back. */
         log_error("cannot report a message from %s to the main process; left in unacked",
@@ -1002,7 +1004,7 @@ static void fetch_main(struct task_exec *x, struct pool_link *l)
     broker_free(F.b);
     F.b = NULL;
     set_names(&F.handoff, &F.nhandoff, "", 0);
-    buf_free(&F.scratch);
+    buf_free(&F.pack);
     free(F.acks.v);
     for (size_t i = 0; i < F.nest; i++)
         free(F.est[i].name);

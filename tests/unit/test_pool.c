@@ -259,9 +259,9 @@ static void fetching_child(int fd, int index, void *ud)
     const uint32_t s1 = POOL_SEQ_CHILD | 1, s2 = POOL_SEQ_CHILD | 2;
     pool_child_queue_own(s1);
     pool_child_queue_own(s2);
-    pool_delivery_build(&l.out, POOL_RECEIVED, s1, "tag-1", "celery", "own1", 4);
-    pool_delivery_build(&l.out, POOL_RECEIVED, s2, "tag-2", "celery", "own2", 4);
-    pool_delivery_build(&l.out, POOL_HANDOFF, 0, "tag-3", "q2", "eta", 3);
+    pool_delivery_build(&l.out, POOL_RECEIVED, s1, "tag-1", "celery", "pk", 2, "own1", 4);
+    pool_delivery_build(&l.out, POOL_RECEIVED, s2, "tag-2", "celery", NULL, 0, "own2", 4);
+    pool_delivery_build(&l.out, POOL_HANDOFF, 0, "tag-3", "q2", NULL, 0, "eta", 3);
     pool_child_flush(&l);
     /* Wait for the parent's RUN job and a CONTROL frame. */
     uint32_t run_seq = 0, flags, seq;
@@ -333,8 +333,8 @@ TEST(a_fetching_child_reports_what_it_takes_and_runs_in_its_order)
     /* RECEIVED own1 and own2 join the run order in that order. */
     CHECK_EQ_INT(next_full(c, &o), POOL_RECEIVED);
     CHECK_EQ_INT(pool_delivery_parse(o.meta, o.meta_len, &tag, &tl, &queue, &ql, &env, &el), 0);
-    CHECK(tl == 5 && memcmp(tag, "tag-1", 5) == 0 && ql == 6 && el == 4 &&
-          memcmp(env, "own1", 4) == 0);
+    CHECK(tl == 5 && memcmp(tag, "tag-1", 5) == 0 && ql == 6 && el == 6 &&
+          memcmp(env, "pkown1", 6) == 0); /* the head, then the envelope */
     CHECK_EQ_INT(pool_received(c, o.seq, &own1), 0);
     free(o.meta);
     CHECK_EQ_INT(next_full(c, &o), POOL_RECEIVED);
