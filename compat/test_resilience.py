@@ -329,8 +329,9 @@ def test_pool_process_killed_during_a_flood_loses_nothing(make_worker, redis_fac
 @pytest.mark.celeriac_only  # --pool-fetch
 def test_fetching_process_killed_before_reporting_gives_back_what_it_took(
         make_worker, redis_factory, app_factory):
-    """--pool-fetch: each batch fetch leaves what it reserved in a record with an expiry
-    (so a worker killed whole leaves nothing behind for good). A pool process killed
+    """--pool-fetch: each batch fetch (and each reservation of a message BRPOP brought)
+    leaves what it reserved in a record with an expiry (so a worker killed whole leaves
+    nothing behind for good). A pool process killed
     after a fetch and before it reported the messages: the main process reads the record
     and returns them to the queue at once, not after visibility_timeout (an hour here).
     The state of that moment is made by hand: two messages reserved in unacked, and the
@@ -350,6 +351,15 @@ def test_fetching_process_killed_before_reporting_gives_back_what_it_took(
              f"{record} to hold a batch, with an expiry")
     assert len(broker.get(record).split(b"\n")) <= 4  # the window: --prefetch-multiplier
     assert [r.get(timeout=60) for r in flood] == [0.001] * len(flood)
+    # Idle (its last fetch found nothing and cleared the record), the process waits in
+    # BRPOP; a message BRPOP brings it is named in the record when it is reserved.
+    wait_for(lambda: not broker.exists(record), 10, "the record to clear once the queue is empty")
+    one = app.send_task("examples.sleep", args=(0.5,), queue="parking")
+    env = broker.rpop("parking")
+    broker.lpush("celery", env)
+    tag = json.loads(env)["properties"]["delivery_tag"]
+    wait_for(lambda: broker.get(record) == tag.encode(), 10, "the BRPOP delivery in the record")
+    assert one.get(timeout=30) == 0.5
     # Two messages as the batch fetch leaves them: popped, and reserved in unacked.
     taken = [app.send_task("examples.add", args=(i, 10), queue="parking") for i in range(2)]
     tags = []

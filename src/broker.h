@@ -65,9 +65,9 @@ struct broker_ops {
     int (*ack)(struct broker *b, const char *delivery_tag);
     /* requeue: put back at the tail (Redis: LPUSH) as kombu's reject does. */
     int (*reject)(struct broker *b, const char *delivery_tag, int requeue);
-    /* A fetching pool process: every batch fetch from now on also leaves the
-     * delivery tags it reserved (and only those) in a record named name
-     * (NULL = no record). take_fetch_record() reads and removes such a
+    /* A fetching pool process: every batch fetch and reserve() from now on
+     * also leaves the delivery tags it reserved (and only those) in a record
+     * named name (NULL = no record). take_fetch_record() reads and removes such a
      * record (*tags owned by the caller, each freed). */
     void (*set_fetch_record)(struct broker *b, const char *name);
     int (*take_fetch_record)(struct broker *b, const char *name, char ***tags, size_t *n);

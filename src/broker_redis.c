@@ -512,10 +512,15 @@ static int redis_reserve(struct broker *b, const struct broker_reservation *res,
     const char *zadd[4] = {"ZADD", r->unacked_index, score, res->delivery_tag};
     const char *hset[4] = {"HSET", r->unacked, res->delivery_tag, v.p};
     size_t hlens[4] = {4, strlen(r->unacked), strlen(res->delivery_tag), v.len};
+    /* A fetching pool process's record names what it reserved last, as a
+     * batch fetch leaves it (see fetch_script). */
+    const char *set[5] = {"SET", r->record, res->delivery_tag, "PX", FETCH_RECORD_TTL_MS};
+    int record = r->record[0] != '\0';
     if ((rc = append(r, 1, multi, NULL)) < 0 || (rc = append(r, 4, zadd, NULL)) < 0 ||
-        (rc = append(r, 4, hset, hlens)) < 0 || (rc = append(r, 1, exec, NULL)) < 0)
+        (rc = append(r, 4, hset, hlens)) < 0 || (record && (rc = append(r, 5, set, NULL)) < 0) ||
+        (rc = append(r, 1, exec, NULL)) < 0)
         goto out;
-    rc = run_pipeline(r, 4, "reserve");
+    rc = run_pipeline(r, record ? 5 : 4, "reserve");
 out:
     free(ex);
     free(rk);
