@@ -378,6 +378,37 @@ def test_fetching_process_killed_before_reporting_gives_back_what_it_took(
     assert w.alive
 
 
+@pytest.mark.celeriac_only  # --pool-fetch
+def test_fetching_process_killed_before_storing_its_results_loses_none(
+        make_worker, redis_factory, app_factory):
+    """--pool-fetch: a pool process stores the results of its short tasks itself, in the
+    round trip of its next fetch, and the main process keeps a copy of each (sent in
+    DONE) until the process says they are stored. A process that dies in between (here:
+    the last task of its batch crashes it) leaves them to the main process, which stores
+    them: the tasks before the crash have their results, the crash its WorkerLostError."""
+    redis = redis_factory()
+    app = app_factory(redis)
+    w = make_worker(redis, concurrency=1, extra=["--pool-fetch"])
+    broker = redis.client(0)
+    # Known as short tasks in this process (a short task's result waits for the next fetch).
+    assert app.send_task("examples.add", args=(1, 2)).get(timeout=30) == 3
+    assert app.send_task("examples.crash", args=(False,)).get(timeout=30) is None
+    # add, add, crash arrive together: BRPOP brings the first, the batch fetch the rest.
+    batch = [app.send_task("examples.add", args=(i, 100), queue="parking") for i in range(2)]
+    crash = app.send_task("examples.crash", args=(True,), queue="parking")
+    envs = [broker.rpop("parking") for _ in range(3)]
+    broker.lpush("celery", *envs)
+    assert [r.get(timeout=30) for r in batch] == [100, 101]
+    with pytest.raises(Exception) as exc:
+        crash.get(timeout=30)
+    assert type(exc.value).__name__ == "WorkerLostError"
+    log = w.logfile.read_text(errors="replace")
+    assert re.search(r"ForkPoolWorker-1: storing [12] result\(s\) it may not have stored", log), \
+        "no result was left to the main process"
+    wait_for(lambda: broker.hlen("unacked") == 0, 20, "unacked to empty")
+    assert w.alive
+
+
 @pytest.mark.celeriac_only  # the harness's Python worker takes its backend from its app module
 def test_result_backend_down_keeps_the_worker_answering(make_worker, redis_factory,
                                                          app_factory):

@@ -408,6 +408,8 @@ int pool_read(struct pool_child *c, int *type, struct pool_outcome *out)
                 *type = f[0];
                 if (*type == POOL_SKIPPED)
                     out->status = total >= 2 ? f[1] : POOL_SKIP_CANCELLED;
+                if (*type == POOL_STORED)
+                    out->status = total >= 2 ? f[1] : 0;
                 if (*type == POOL_ACCEPTED) {
                     if (total < 5)
                         return CELERIAC_EPROTO;
@@ -428,7 +430,8 @@ int pool_read(struct pool_child *c, int *type, struct pool_outcome *out)
                     uint32_t dlen;
                     if (total < 14)
                         return CELERIAC_EPROTO;
-                    out->status = f[1];
+                    out->status = f[1] & 0x7f;
+                    out->child_stores = f[1] >> 7;
                     memcpy(&out->runtime, f + 2, 8);
                     memcpy(&dlen, f + 10, 4);
                     if (dlen > total - 14)
@@ -562,6 +565,39 @@ void pool_owed_clear(struct pool_child *c)
     c->nowed = 0;
 }
 
+int pool_results_push(struct pool_results *r, const char *id, char *doc, size_t len)
+{
+    if (r->n == r->cap) {
+        size_t cap = r->cap ? r->cap * 2 : 16;
+        char **ids = realloc(r->ids, cap * sizeof *ids);
+        if (ids)
+            r->ids = ids;
+        char **docs = realloc(r->docs, cap * sizeof *docs);
+        if (docs)
+            r->docs = docs;
+        size_t *lens = realloc(r->lens, cap * sizeof *lens);
+        if (lens)
+            r->lens = lens;
+        if (!ids || !docs || !lens)
+            return CELERIAC_ENOMEM;
+        r->cap = cap;
+    }
+    if ((r->ids[r->n] = strdup(id)) == NULL)
+        return CELERIAC_ENOMEM;
+    r->docs[r->n] = doc;
+    r->lens[r->n++] = len;
+    return 0;
+}
+
+void pool_results_clear(struct pool_results *r)
+{
+    for (size_t i = 0; i < r->n; i++) {
+        free(r->ids[i]);
+        free(r->docs[i]);
+    }
+    r->n = 0;
+}
+
 int pool_control(struct pool_child *c, int kind, const char *names, size_t len)
 {
     if (c->fd < 0)
@@ -638,6 +674,11 @@ void pool_free(struct pool *p)
             munmap(p->children[i].slots, SLOTS_SIZE);
         pool_owed_clear(&p->children[i]);
         free(p->children[i].owed);
+        struct pool_results *r = &p->children[i].unstored;
+        pool_results_clear(r);
+        free(r->ids);
+        free(r->docs);
+        free(r->lens);
     }
     free(p->children);
     p->children = NULL;
@@ -794,7 +835,7 @@ int pool_child_write(struct pool_link *l, int type, const struct pool_outcome *o
     size_t dlen = out && out->detail ? strlen(out->detail) : 0;
     size_t mlen = out && out->meta ? out->meta_len : 0;
     size_t total = type == POOL_DONE      ? 14 + dlen + mlen
-                   : type == POOL_SKIPPED   ? 2
+                   : type == POOL_SKIPPED || type == POOL_STORED ? 2
                    : type == POOL_ACCEPTED ? 5
                                             : 1;
     if (total > MAX_FRAME)
@@ -805,12 +846,12 @@ int pool_child_write(struct pool_link *l, int type, const struct pool_outcome *o
     hdr[4] = (unsigned char)type;
     size_t hlen = 5;
     if (type == POOL_DONE) {
-        hdr[5] = (unsigned char)out->status;
+        hdr[5] = (unsigned char)(out->status | (out->child_stores ? 0x80 : 0));
         memcpy(hdr + 6, &out->runtime, 8);
         memcpy(hdr + 14, &d32, 4);
         hlen = 18;
-    } else if (type == POOL_SKIPPED) {
-        hdr[5] = (unsigned char)(out ? out->status : POOL_SKIP_CANCELLED);
+    } else if (type == POOL_SKIPPED || type == POOL_STORED) {
+        hdr[5] = (unsigned char)(out ? out->status : 0);
         hlen = 6;
     } else if (type == POOL_ACCEPTED) {
         uint32_t seq = out ? out->seq : 0;

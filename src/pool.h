@@ -38,7 +38,10 @@ enum pool_frame {
                         * number unused) */
     POOL_ACKED = 8,    /* child -> parent: every ack it owed for jobs it reported
                         * (STARTED, or DONE with acks_late) is done */
-    POOL_CONTROL = 9   /* parent -> child: u8 enum pool_control, NUL-separated names */
+    POOL_CONTROL = 9,  /* parent -> child: u8 enum pool_control, NUL-separated names */
+    POOL_STORED = 10   /* child -> parent: u8 1 when the results of every DONE before it
+                        * that said child_stores are stored, 0 when they could not be
+                        * (the parent then stores its copies) */
 };
 
 enum pool_control {
@@ -79,6 +82,17 @@ struct pool_outcome {
                         * HANDOFF: the payload (see pool_delivery_parse()) */
     size_t meta_len;
     uint32_t seq;      /* RECEIVED, ACCEPTED: the job's sequence number */
+    int child_stores;  /* DONE: a fetching child stores meta itself with its next
+                        * fetch and says STORED; meta is the parent's copy in case
+                        * it dies first (EXEC_CHILD_STORES) */
+};
+
+/* Results a fetching child stores itself, as the parent keeps them until the
+ * child says STORED. */
+struct pool_results {
+    char **ids, **docs; /* owned */
+    size_t *lens;
+    size_t n, cap;
 };
 
 /* The function a child runs: reads frames from fd until EOF. It must return
@@ -113,6 +127,7 @@ struct pool_child {
     size_t nowed, owed_cap;
     char reported[32][128]; /* the last delivery tags it reported (RECEIVED, HANDOFF), a ring */
     unsigned nreported;
+    struct pool_results unstored; /* DONE with child_stores, not yet STORED */
 };
 
 struct pool {
@@ -176,6 +191,10 @@ size_t pool_posted_drop(struct pool_child *c);
  * (ACKED), so that the parent sends it if c dies first. */
 void pool_owe(struct pool_child *c, const char *tag);
 void pool_owed_clear(struct pool_child *c);
+/* Appends a result (takes doc; copies id). Returns 0, or CELERIAC_ENOMEM
+ * (doc is then still the caller's). pool_results_clear() frees them all. */
+int pool_results_push(struct pool_results *r, const char *id, char *doc, size_t len);
+void pool_results_clear(struct pool_results *r);
 /* Sends a CONTROL frame (names NUL-separated, len bytes in all). */
 int pool_control(struct pool_child *c, int kind, const char *names, size_t len);
 /* RECEIVED / HANDOFF payload: builds one into out (head_len bytes of head,

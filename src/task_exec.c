@@ -321,6 +321,7 @@ static int run_retry(struct task_exec *x, const struct canvas_env *ce,
 }
 
 static void fetch_estimate(const char *name, double runtime);
+static int stores_push(const char *task_id, const char *doc, size_t len);
 
 /* Runs a decoded job (rc and err: the decode's outcome) and reports it; m is
  * cleared. A fetching process keeps a SUCCESS to store it with its next
@@ -410,8 +411,16 @@ static void run_message(struct task_exec *x, struct pool_link *l, const char *en
     if (x->fetch && m.task)
         fetch_estimate(m.task, out.runtime);
 done:
+    /* A fetching process's own SUCCESS is stored from here with the next
+     * fetch (in the same round trip); the main process keeps the copy in
+     * DONE until STORED says so, and stores it if this process dies first. */
+    out.child_stores = out.meta && m.id && (flags & EXEC_CHILD_STORES) &&
+                       stores_push(m.id, out.meta, out.meta_len) == 0;
     pool_child_write(l, POOL_DONE, &out);
-    if (out.meta && m.id) {
+    if (out.child_stores) {
+        free(out.meta);
+        out.meta = NULL;
+    } else if (out.meta && m.id) {
         kept_push(m.id, out.meta, out.meta_len); /* until the main process stores it */
         out.meta = NULL;
     }
@@ -443,9 +452,14 @@ static void run_one(struct task_exec *x, struct pool_link *l, const char *env, s
  * while its tasks are known to be short and one at a time otherwise, and
  * tells the main process about each one (RECEIVED, with the envelope) before
  * running it. The main process keeps its books as if it had handed the job
- * over (inspect, revoke, time limits, events, a lost process's messages) and
- * stores the results sent back in DONE, as for any job; it is just not on the
- * way between the broker and the task. Messages this process will not run
+ * over (inspect, revoke, time limits, events, a lost process's messages); it
+ * is just not on the way between the broker and the task. The SUCCESS result
+ * of a message it took (no acks_late, task events off at start) this process
+ * stores itself, in the round trip of its next fetch (or before a task not
+ * known to be short), and says STORED; DONE carries a copy, which the main
+ * process keeps until then and stores if the process dies first or could
+ * not store it. Every other result goes back in DONE for the main process
+ * to store, as for any job. Messages this process will not run
  * itself (an ETA, a rate-limited name, a revoked id, anything it cannot
  * decode or does not know, an expired one) go to the main process (HANDOFF),
  * which takes them over as if it had fetched them. RUN jobs from the main
@@ -492,7 +506,71 @@ static struct fetcher {
     int paused;                  /* the main process cannot store results now */
     int short_run;               /* the last task run here is known to be short */
     struct buf pack;             /* the header pack of a RECEIVED frame being built */
+    struct pool_results stores;  /* SUCCESS results of own jobs, stored with the next
+                                  * fetch (EXEC_CHILD_STORES) */
+    int stores_sent;             /* backend_store_send() wrote them; reply not read */
+    double stores_off_until;     /* monotonic: after a failed store, the main process
+                                  * stores every result until then */
 } F;
+
+/* Seconds a process leaves its results to the main process after a store
+ * of its own failed: the main process keeps them and retries without
+ * holding up the tasks (a process would block on every store). */
+#define STORES_OFF 5.0
+
+/* A SUCCESS this process stores itself with its next fetch; the main
+ * process got a copy in DONE. Out of memory it is left to the main process
+ * (returns negative: the DONE then goes without child_stores). */
+static int stores_push(const char *task_id, const char *doc, size_t len)
+{
+    if (F.stores_off_until > 0 && util_monotonic() < F.stores_off_until)
+        return CELERIAC_ESTATE;
+    char *copy = malloc(len + 1);
+    if (!copy)
+        return CELERIAC_ENOMEM;
+    memcpy(copy, doc, len);
+    copy[len] = '\0';
+    if (pool_results_push(&F.stores, task_id, copy, len) < 0) {
+        free(copy);
+        return CELERIAC_ENOMEM;
+    }
+    return 0;
+}
+
+/* Writes the kept results to the backend without waiting (they go out right
+ * behind the fetch, and their reply is read with its reply). */
+static void stores_send(struct task_exec *x)
+{
+    if (F.stores.n && !F.stores_sent && x->backend)
+        F.stores_sent = backend_store_send(x->backend, F.stores.n,
+                                           (const char *const *)F.stores.ids,
+                                           (const char *const *)F.stores.docs,
+                                           F.stores.lens) == 0;
+}
+
+/* Reads the reply of stores_send() (sending them first if they were not
+ * sent) and tells the main process (STORED): stored, or left to it, which
+ * stores its copies then (retrying while the backend is down, as for any
+ * result). */
+static void stores_finish(struct task_exec *x, struct pool_link *l)
+{
+    if (!F.stores.n)
+        return;
+    stores_send(x);
+    int ok = F.stores_sent &&
+             backend_store_recv(x->backend, F.stores.n, (const char *const *)F.stores.ids,
+                                (const char *const *)F.stores.docs, F.stores.lens) == 0;
+    if (!ok) {
+        log_warning("%zu result(s) not stored here (%s); the main process stores them, "
+                    "and all results for the next %.0f s",
+                    F.stores.n, x->backend ? x->backend->errstr : "no backend", STORES_OFF);
+        F.stores_off_until = util_monotonic() + STORES_OFF;
+    }
+    pool_results_clear(&F.stores);
+    F.stores_sent = 0;
+    struct pool_outcome st = {.status = ok};
+    pool_child_write(l, POOL_STORED, &st);
+}
 
 static void tags_push(struct tags *t, const char *tag)
 {
@@ -661,7 +739,8 @@ static void fetch_take(struct task_exec *x, struct pool_link *l, struct broker_d
      * retries while the backend is down) without holding up this process. */
     j->flags = EXEC_QUEUED | (x->track_started ? EXEC_TRACK_STARTED : 0) |
                (x->ignore_result ? EXEC_IGNORE_RESULT : 0) |
-               (x->backend ? EXEC_PARENT_STORES : 0);
+               (x->backend ? EXEC_PARENT_STORES : 0) |
+               (x->backend && !acks_late && !x->prompt_start ? EXEC_CHILD_STORES : 0);
     pool_child_queue_own(j->seq);
     /* The main process reads the header fields from the pack instead of
      * decoding the envelope again (from the envelope when the pack is empty). */
@@ -776,8 +855,10 @@ static void run_next(struct task_exec *x, struct pool_link *l)
             if (!j.acks_late)
                 tags_push(&F.acks, j.tag); /* early ack: rides in the next fetch */
         }
-        if (longer)
-            acks_now(l); /* acknowledged before it runs, as Celery does */
+        if (longer) {
+            stores_finish(x, l); /* results of the short tasks before it do not wait for it */
+            acks_now(l);         /* acknowledged before it runs, as Celery does */
+        }
         if (j.own) {
             char *name_copy = strdup(j.m.task);
             run_message(x, l, j.env, j.len, flags, &j.m, 0, "");
@@ -844,6 +925,7 @@ static void fetch_cycle(struct task_exec *x, struct pool_link *l)
 {
     double mono = util_monotonic();
     if (!F.connected) {
+        stores_finish(x, l);
         if (mono < F.retry_at) {
             fetch_wait(l, (int)((F.retry_at - mono) * 1000) + 1);
             if (read_parent(x, l) < 0)
@@ -865,8 +947,10 @@ static void fetch_cycle(struct task_exec *x, struct pool_link *l)
     size_t n = F.short_run ? x->window : 1;
     if (F.b->ops->fetch_batch_send(F.b, (const char *const *)F.acks.v, F.acks.n, n) < 0) {
         fetch_disconnect("fetch");
+        stores_finish(x, l);
         return;
     }
+    stores_send(x);
     struct broker_delivery d[POOL_FETCH_MAX];
     size_t count = 0;
     int rc = 0;
@@ -879,9 +963,12 @@ static void fetch_cycle(struct task_exec *x, struct pool_link *l)
         if (read_parent(x, l) < 0)
             F.eof = 1;
         rc = F.b->ops->fetch_batch_read(F.b, d, POOL_FETCH_MAX, &count);
-        if (rc == 0 && fetch_silent(sent_at))
+        if (rc == 0 && fetch_silent(sent_at)) {
+            stores_finish(x, l);
             return;
+        }
     }
+    stores_finish(x, l);
     if (rc < 0 && count == 0) {
         fetch_disconnect("fetch"); /* the acks are sent again once it is back */
         pool_child_flush(l);
@@ -987,6 +1074,7 @@ static void fetch_main(struct task_exec *x, struct pool_link *l)
             break;
         if (F.paused) {
             /* The main process cannot store results now: take nothing new. */
+            stores_finish(x, l);
             acks_now(l);
             pool_child_flush(l);
             struct pollfd p = {.fd = l->fd, .events = POLLIN};
@@ -995,6 +1083,7 @@ static void fetch_main(struct task_exec *x, struct pool_link *l)
         }
         fetch_cycle(x, l);
     }
+    stores_finish(x, l);
     acks_now(l);
     if (F.acks.n)
         log_warning("%zu acknowledgement(s) could not be sent; the main process sends them",

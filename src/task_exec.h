@@ -31,6 +31,10 @@
 /* The payload is a packed message (task_message_pack()): the envelope comes
  * with what the parent decoded of it, and the child decodes only the body. */
 #define EXEC_PACKED 0x40u
+/* A fetching process's own job: it stores a SUCCESS itself, with its next
+ * fetch; DONE says so (pool_outcome.child_stores) and carries a copy for the
+ * main process to keep until STORED (see task_exec.c). */
+#define EXEC_CHILD_STORES 0x80u
 
 struct task_exec {
     const celeriac_registry *registry; /* borrowed */

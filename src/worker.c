@@ -214,6 +214,18 @@ static void result_push(struct worker *w, pid_t from, const char *task_id, char 
     b->lens[b->len++] = len;
 }
 
+/* Results a fetching process kept to store itself, now stored from here:
+ * it could not store them, or it died before it said so. */
+static void unstored_take(struct worker *w, struct pool_child *c)
+{
+    struct pool_results *r = &c->unstored;
+    for (size_t i = 0; i < r->n; i++) {
+        result_push(w, -1, r->ids[i], r->docs[i], r->lens[i]); /* -1: nobody keeps a copy */
+        free(r->ids[i]);
+    }
+    r->n = 0;
+}
+
 /* Tells each pool process how many of its results are stored now (or given
  * up on): it stops keeping its copies (see pool_results_stored()). */
 static void results_settled(struct worker *w, const struct result_batch *b)
@@ -225,6 +237,19 @@ static void results_settled(struct worker *w, const struct result_batch *b)
                 break;
             }
 }
+
+/* Fetching pool processes send two or three frames per task (RECEIVED,
+ * STARTED, DONE) and run without the main process. While their frames come
+ * at POOL_TICK_FRAMES or more per POOL_TICK seconds (some 6,000 tasks/s and
+ * up), the loop stops polling their links and reads them all once per
+ * POOL_TICK: two wake-ups per tick (the frames, the reply of the results
+ * they carried) instead of one or more per frame, and a tick's results are
+ * stored in one call. A result is then stored up to POOL_TICK later than it
+ * could be; below that rate (a single task, the latency loop of the bench)
+ * every frame is read as it comes. Anything else the loop waits for (signals,
+ * remote control, the results' reply, timers) wakes it as before. */
+#define POOL_TICK 0.0005
+#define POOL_TICK_FRAMES 8
 
 /* Results a batch may hold while the backend is down before fetching stops. */
 #define RESULTS_PENDING_MAX 10000
@@ -1175,6 +1200,13 @@ static void job_done(struct worker *w, struct pool_child *c, struct pool_outcome
     if (!j)
         return;
     int batched = 0; /* the result waits in the batch: an acks_late ack follows it */
+    /* A result the fetching process stores itself: kept until it says STORED.
+     * With task events on, stored from here at once too (its task-succeeded
+     * follows the stored result; the process's store then changes nothing,
+     * as a stored SUCCESS is never overwritten). */
+    if (o->meta && o->child_stores && j->msg.id && !w->events.task_events &&
+        pool_results_push(&c->unstored, j->msg.id, o->meta, o->meta_len) == 0)
+        o->meta = NULL;
     if (o->meta && j->msg.id) {
         result_push(w, c->pid, j->msg.id, o->meta, o->meta_len);
         o->meta = NULL;
@@ -1255,6 +1287,12 @@ static void child_lost(struct worker *w, struct pool_child *c, int status)
     describe_status(status, how, sizeof how);
     if (c->fetching)
         return_unreported(w, c);
+    /* Results it had not said STORED for: stored from here (a result it did
+     * store stays as it is: a stored SUCCESS is never overwritten). */
+    if (c->unstored.n)
+        log_warning("ForkPoolWorker-%d: storing %zu result(s) it may not have stored",
+                    c->index, c->unstored.n);
+    unstored_take(w, c);
     /* A fetching process: what it took becomes this process's own, the acks
      * it still owed are sent from here, and jobs posted to it that it never
      * accepted go back too (behind the ones it had queued). */
@@ -1399,8 +1437,9 @@ static void child_protocol_error(struct worker *w, struct pool_child *c, const c
         kill(c->pid, SIGKILL);
 }
 
-static void read_child(struct worker *w, struct pool_child *c)
+static size_t read_child(struct worker *w, struct pool_child *c)
 {
+    size_t frames = 0;
     for (;;) {
         int type = 0;
         struct pool_outcome o = {0};
@@ -1411,8 +1450,9 @@ static void read_child(struct worker *w, struct pool_child *c)
                 close(c->fd);
                 c->fd = -1;
             }
-            return;
+            return frames;
         }
+        frames++;
         if (type == POOL_STARTED) {
             c->started = 1;
             struct job *j = c->job;
@@ -1441,6 +1481,12 @@ static void read_child(struct worker *w, struct pool_child *c)
                 child_protocol_error(w, c, "ACCEPTED for a job not posted");
         } else if (type == POOL_ACKED && c->fetching)
             pool_owed_clear(c);
+        else if (type == POOL_STORED && c->fetching) {
+            if (o.status)
+                pool_results_clear(&c->unstored);
+            else
+                unstored_take(w, c);
+        }
         free(o.detail);
         free(o.meta);
     }
@@ -1925,8 +1971,11 @@ static int loop_once(struct worker *w)
     } else if (results_held(w)) {
         flush_results(w);
     }
+    /* Busy fetching pool processes: their frames are read together once per
+     * tick instead of waking this loop for each one (see POOL_TICK). */
+    int ticking = w->pool.fetching && w->tick_at > 0 && w->state == W_RUNNING;
     size_t child_base = nfds;
-    for (size_t i = 0; i < w->pool.n && nfds < sizeof fds / sizeof fds[0]; i++)
+    for (size_t i = 0; !ticking && i < w->pool.n && nfds < sizeof fds / sizeof fds[0]; i++)
         fds[nfds++] = (struct pollfd){.fd = w->pool.children[i].fd, .events = POLLIN};
 
     int timeout = 1000;
@@ -1980,10 +2029,27 @@ static int loop_once(struct worker *w)
         if (dt < timeout)
             timeout = dt < 0 ? 0 : (int)dt + 1;
     }
-    int n = poll(fds, nfds, timeout);
+    struct timespec ts = {timeout / 1000, (long)(timeout % 1000) * 1000000L};
+    if (ticking) {
+        double dt = w->tick_at - util_monotonic();
+        if (dt < 0)
+            dt = 0;
+        if (dt * 1000 < timeout) {
+            ts.tv_sec = 0;
+            ts.tv_nsec = (long)(dt * 1e9);
+        }
+    }
+    int n = ppoll(fds, nfds, &ts, NULL);
     if (n < 0 && errno != EINTR) {
         log_error("poll: %s", strerror(errno));
         return CELERIAC_EIO;
+    }
+    if (ticking && util_monotonic() >= w->tick_at) {
+        size_t frames = 0;
+        for (size_t k = 0; k < w->pool.n; k++)
+            if (w->pool.children[k].fd >= 0)
+                frames += read_child(w, &w->pool.children[k]);
+        w->tick_at = frames >= POOL_TICK_FRAMES ? util_monotonic() + POOL_TICK : 0;
     }
     if (n <= 0)
         goto flush;
@@ -2027,14 +2093,25 @@ static int loop_once(struct worker *w)
                 broker_lost(w, "consume");
         }
     }
+    size_t frames = 0;
     for (size_t i = child_base; i < nfds; i++) {
         if (!fds[i].revents || fds[i].fd < 0)
             continue;
         for (size_t k = 0; k < w->pool.n; k++)
             if (w->pool.children[k].fd == fds[i].fd) {
-                read_child(w, &w->pool.children[k]);
+                frames += read_child(w, &w->pool.children[k]);
                 break;
             }
+    }
+    if (frames && w->pool.fetching && w->state == W_RUNNING) {
+        double now_mono = util_monotonic();
+        if (now_mono - w->frames_since > POOL_TICK) {
+            w->frames_since = now_mono;
+            w->frames = 0;
+        }
+        w->frames += (unsigned)frames;
+        if (w->frames >= POOL_TICK_FRAMES)
+            w->tick_at = now_mono + POOL_TICK;
     }
 flush:
     /* This iteration's results are written at the top of the next one, after

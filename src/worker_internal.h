@@ -124,6 +124,10 @@ struct worker {
     double all_busy_since;               /* monotonic: every pool process busy since (fetching
                                           * processes, autoscale), 0 = not now */
     double some_idle_since;              /* monotonic: a pool process idle since, 0 = none */
+    double tick_at;                      /* monotonic: busy fetching pool processes, their
+                                          * frames are read together then; 0 = as they come */
+    double frames_since;                 /* monotonic: start of the frame count's window */
+    unsigned frames;                     /* frames read from pool processes in that window */
     long autoscale_max, autoscale_min;   /* from --autoscale or the autoscale command; 0 = off */
     struct buf pack;                     /* owned: scratch for task_message_pack() in dispatch */
     struct strlist handoff;              /* owned: task names fetching pool processes hand

@@ -292,10 +292,15 @@ static void fetching_child(int fd, int index, void *ud)
             pool_child_write(&l, POOL_SKIPPED, &skip);
             continue;
         }
-        struct pool_outcome out = {.status = POOL_SUCCESS, .detail = (char *)names[i]};
+        /* own1: a result the child stores itself (the parent gets a copy). */
+        struct pool_outcome out = {.status = POOL_SUCCESS, .detail = (char *)names[i],
+                                   .meta = i == 0 ? (char *)"M1" : NULL, .meta_len = i == 0 ? 2 : 0,
+                                   .child_stores = i == 0};
         pool_child_write(&l, POOL_STARTED, NULL);
         pool_child_write(&l, POOL_DONE, &out);
     }
+    struct pool_outcome stored = {.status = 1};
+    pool_child_write(&l, POOL_STORED, &stored);
     pool_child_write(&l, POOL_ACKED, NULL);
     pool_child_flush(&l);
     while (pool_child_next(&l, 1, &type, &flags, &seq, &payload, &len) > 0) {
@@ -364,6 +369,11 @@ TEST(a_fetching_child_reports_what_it_takes_and_runs_in_its_order)
     snprintf(d, sizeof d, "%s", o.detail);
     free(o.detail);
     CHECK_STR(d, "own1");
+    /* The child stores it: flagged apart from the status, the parent's copy kept. */
+    CHECK(o.child_stores == 1 && o.status == POOL_SUCCESS && o.meta_len == 2 &&
+          memcmp(o.meta, "M1", 2) == 0);
+    CHECK_EQ_INT(pool_results_push(&c->unstored, "id-1", o.meta, o.meta_len), 0);
+    CHECK(c->unstored.n == 1 && strcmp(c->unstored.ids[0], "id-1") == 0);
     CHECK(pool_advance(c) == &own1);
     CHECK_EQ_INT(next_full(c, &o), POOL_SKIPPED);
     CHECK_EQ_INT(o.status, POOL_SKIP_CANCELLED);
@@ -373,7 +383,12 @@ TEST(a_fetching_child_reports_what_it_takes_and_runs_in_its_order)
     snprintf(d, sizeof d, "%s", o.detail);
     free(o.detail);
     CHECK_STR(d, "a+b"); /* the CONTROL names came through */
+    CHECK(o.child_stores == 0 && o.meta == NULL);
     CHECK(pool_advance(c) == &run);
+    CHECK_EQ_INT(next_full(c, &o), POOL_STORED);
+    CHECK_EQ_INT(o.status, 1);
+    pool_results_clear(&c->unstored);
+    CHECK_EQ_INT(c->unstored.n, 0);
     CHECK_EQ_INT(next_full(c, &o), POOL_ACKED);
     pool_owed_clear(c);
     CHECK(!c->busy && c->nowed == 0 && eta);
