@@ -1208,7 +1208,8 @@ static void job_done(struct worker *w, struct pool_child *c, struct pool_outcome
         pool_results_push(&c->unstored, j->msg.id, o->meta, o->meta_len) == 0)
         o->meta = NULL;
     if (o->meta && j->msg.id) {
-        result_push(w, c->pid, j->msg.id, o->meta, o->meta_len);
+        /* counted for the process only when it keeps a copy (not one it stores) */
+        result_push(w, o->child_stores ? -1 : c->pid, j->msg.id, o->meta, o->meta_len);
         o->meta = NULL;
         batched = w->results.len > 0; /* 0: stored at once (out of memory) */
     }
