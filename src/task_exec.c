@@ -925,7 +925,8 @@ static void fetch_cycle(struct task_exec *x, struct pool_link *l)
 {
     double mono = util_monotonic();
     if (!F.connected) {
-        stores_finish(x, l);
+        stores_finish(x, l); /* the result backend may be reachable still */
+        pool_child_flush(l);
         if (mono < F.retry_at) {
             fetch_wait(l, (int)((F.retry_at - mono) * 1000) + 1);
             if (read_parent(x, l) < 0)
