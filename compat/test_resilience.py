@@ -385,7 +385,11 @@ def test_fetching_process_killed_before_storing_its_results_loses_none(
     round trip of its next fetch, and the main process keeps a copy of each (sent in
     DONE) until the process says they are stored. A process that dies in between (here:
     the last task of its batch crashes it) leaves them to the main process, which stores
-    them: the tasks before the crash have their results, the crash its WorkerLostError."""
+    them: the tasks before the crash have their results, the crash its WorkerLostError.
+    The process had not even written those tasks' reports (a short task's DONE waits for
+    the next fetch too): the main process reads them from the memory it shares with the
+    process, so no task is run a second time: neither add, nor the crash (its STARTED
+    was kept there too, so it counts as lost while running, as Celery counts it)."""
     redis = redis_factory()
     app = app_factory(redis)
     w = make_worker(redis, concurrency=1, extra=["--pool-fetch"])
@@ -405,6 +409,9 @@ def test_fetching_process_killed_before_storing_its_results_loses_none(
     log = w.logfile.read_text(errors="replace")
     assert re.search(r"ForkPoolWorker-1: storing [12] result\(s\) it may not have stored", log), \
         "no result was left to the main process"
+    assert re.search(r"ForkPoolWorker-1: read \d+ byte\(s\) of reports it had not written", log)
+    assert "not started go to another process" not in log
+    assert log.count(f"examples.crash[{crash.id}]: crashing on purpose") == 1
     wait_for(lambda: broker.hlen("unacked") == 0, 20, "unacked to empty")
     assert w.alive
 

@@ -28,7 +28,8 @@ struct broker_redis {
     char **queues;             /* owned; consume order, rotated round-robin */
     size_t nqueues;
     int fetching;              /* outstanding on consume: FETCH_NONE/BRPOP/BATCH */
-    char *batch_cmd;           /* owned: the batch request as sent (resent after NOSCRIPT) */
+    char *batch_cmd;           /* owned (an sds): the batch request as sent (resent after
+                                * NOSCRIPT) */
     size_t batch_len;
     int batch_reloaded;        /* the script was loaded again for this batch */
     struct redis_conn sub;     /* PSUBSCRIBE (fanout in), non-blocking */
@@ -42,6 +43,11 @@ struct broker_redis {
     /* kombu's key names with opt.keyprefix in front (global_keyprefix). */
     char unacked[160], unacked_index[160], unacked_mutex[160];
     char record[300];          /* set_fetch_record(): key of this link's record, "" = none */
+    /* Scratch of redis_fetch_batch_send(), kept between calls (no allocation
+     * per fetch once they are large enough). */
+    const char **fetch_argv;   /* owned array, fetch_cap entries */
+    char (*fetch_keys)[256];   /* owned array, fetch_cap entries */
+    size_t fetch_cap;
 };
 #define NSTEPS (r->opt.nsteps)
 enum { FETCH_NONE, FETCH_BRPOP, FETCH_BATCH };
@@ -53,7 +59,8 @@ enum { FETCH_NONE, FETCH_BRPOP, FETCH_BATCH };
 
 static void batch_forget(struct broker_redis *r)
 {
-    free(r->batch_cmd);
+    if (r->batch_cmd)
+        redisFreeSdsCommand(r->batch_cmd);
     r->batch_cmd = NULL;
     r->batch_len = 0;
     r->batch_reloaded = 0;
@@ -252,6 +259,15 @@ static int cmp_names(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+static char *json_string(const char *s);
+
+/* A queue's name as JSON, as the fetch script writes it into unacked: it
+ * follows the name in the same allocation (see redis_set_queues()). */
+static const char *queue_json(const char *queue)
+{
+    return queue + strlen(queue) + 1;
+}
+
 static int redis_set_queues(struct broker *b, char **queues, size_t n)
 {
     struct broker_redis *r = (struct broker_redis *)b;
@@ -259,9 +275,16 @@ static int redis_set_queues(struct broker *b, char **queues, size_t n)
     if (!q)
         return CELERIAC_ENOMEM;
     for (size_t i = 0; i < n; i++) {
-        q[i] = strdup(queues[i]);
-        if (!q[i] || strlen(q[i]) > 200) {
-            int rc = q[i] ? CELERIAC_EINVAL : CELERIAC_ENOMEM;
+        size_t len = strlen(queues[i]);
+        char *json = len <= 200 ? json_string(queues[i]) : NULL;
+        q[i] = json ? malloc(len + strlen(json) + 2) : NULL;
+        if (q[i]) {
+            memcpy(q[i], queues[i], len + 1);
+            memcpy(q[i] + len + 1, json, strlen(json) + 1);
+        }
+        free(json);
+        if (!q[i]) {
+            int rc = len > 200 ? CELERIAC_EINVAL : CELERIAC_ENOMEM;
             for (size_t k = 0; k <= i; k++)
                 free(q[k]);
             free(q);
@@ -544,12 +567,22 @@ static int redis_fetch_batch_send(struct broker *b, const char *const *acks, siz
     }
     size_t nkeys = r->nqueues * NSTEPS;
     size_t argc = 3 + 3 + nkeys + 3 + nkeys + nacks;
-    const char **argv = calloc(argc, sizeof *argv);
-    char (*keys)[256] = calloc(nkeys ? nkeys : 1, sizeof *keys);
-    char **qjson = calloc(nkeys ? nkeys : 1, sizeof *qjson);
-    int rc = CELERIAC_ENOMEM;
-    if (!argv || !keys || !qjson)
-        goto out;
+    if (argc > r->fetch_cap) {
+        const char **argv = realloc(r->fetch_argv, argc * sizeof *argv);
+        if (argv)
+            r->fetch_argv = argv;
+        char(*keys)[256] = argv ? realloc(r->fetch_keys, argc * sizeof *keys) : NULL;
+        if (keys)
+            r->fetch_keys = keys;
+        if (!argv || !keys) {
+            set_err(r, CELERIAC_ENOMEM, "out of memory");
+            return CELERIAC_ENOMEM;
+        }
+        r->fetch_cap = argc;
+    }
+    const char **argv = r->fetch_argv;
+    char(*keys)[256] = r->fetch_keys;
+    int rc;
     char nkeys_s[24], nr[24], now[40];
     snprintf(nkeys_s, sizeof nkeys_s, "%zu", nkeys + 3);
     snprintf(nr, sizeof nr, "%zu", n);
@@ -571,17 +604,16 @@ static int redis_fetch_batch_send(struct broker *b, const char *const *acks, siz
     argv[k++] = now;
     argv[k++] = r->record[0] ? FETCH_RECORD_TTL_MS : "0";
     for (size_t st = 0; st < NSTEPS; st++)
-        for (size_t q = 0; q < r->nqueues; q++) {
-            if (!(qjson[st * r->nqueues + q] = json_string(r->queues[q])))
-                goto out;
-            argv[k++] = qjson[st * r->nqueues + q];
-        }
+        for (size_t q = 0; q < r->nqueues; q++)
+            argv[k++] = queue_json(r->queues[q]);
     for (size_t i = 0; i < nacks; i++)
         argv[k++] = acks[i];
-    char *cmd = NULL;
-    long long len = redisFormatCommandArgv(&cmd, (int)k, argv, NULL);
-    if (len < 0)
-        goto out;
+    sds cmd = NULL; /* hiredis's own string: formatted without printf */
+    long long len = redisFormatSdsCommandArgv(&cmd, (int)k, argv, NULL);
+    if (len < 0) {
+        set_err(r, CELERIAC_ENOMEM, "out of memory");
+        return CELERIAC_ENOMEM;
+    }
     batch_forget(r);
     r->batch_cmd = cmd;
     r->batch_len = (size_t)len;
@@ -589,17 +621,10 @@ static int redis_fetch_batch_send(struct broker *b, const char *const *acks, siz
         redis_conn_fail(&r->consume, "fetch");
         set_err(r, CELERIAC_ECONN, r->consume.errstr);
         batch_forget(r);
-        rc = CELERIAC_ECONN;
-        goto out;
+        return CELERIAC_ECONN;
     }
     r->fetching = FETCH_BATCH;
     rc = consume_write(r, "fetch");
-out:
-    for (size_t i = 0; qjson && i < nkeys; i++)
-        free(qjson[i]);
-    free(qjson);
-    free(keys);
-    free(argv);
     return rc;
 }
 
@@ -1262,6 +1287,8 @@ static void redis_free(struct broker *b)
     for (size_t i = 0; i < r->npatterns; i++)
         free(r->patterns[i]);
     free(r->patterns);
+    free(r->fetch_argv);
+    free(r->fetch_keys);
     free(r);
 }
 

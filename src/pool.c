@@ -40,7 +40,12 @@ _Static_assert(POOL_SLOTS > POOL_QUEUE_MAX + 1, "a child holds up to 1 + POOL_QU
  * handed over (DONE with meta) the parent has stored (see
  * pool_results_stored()). */
 #define STORED_WORD (2 * POOL_SLOTS)
-#define SLOTS_SIZE ((2 * POOL_SLOTS + 1) * sizeof(pool_slot))
+/* And one the parent moves on after every write to the child: a child that
+ * looks for frames without waiting (pool_child_next(), pool_child_pending())
+ * reads its link only when it moved, instead of a read that finds nothing
+ * after every task. */
+#define MAIL_WORD (2 * POOL_SLOTS + 1)
+#define SLOTS_SIZE ((2 * POOL_SLOTS + 2) * sizeof(pool_slot))
 _Static_assert(POOL_FETCH_MAX < POOL_QUEUE_MAX, "a fetching child also takes RUN jobs");
 
 /* The parent's sequence numbers use the slots [0, POOL_SLOTS), a fetching
@@ -58,7 +63,22 @@ static unsigned slot_word(uint32_t seq, unsigned state)
 /* In a child: its own slots (set by spawn() before the child function runs). */
 static pool_slot *child_slots;
 
-static int write_all(int fd, const void *p, size_t n)
+/* A fetching child's frames that wait in its link's out buffer, copied where
+ * the parent reads them if the child dies first (pool_child_keep()). Offsets
+ * count the bytes the child wrote to its link since it started (mod 2^32):
+ * data[0, len) are the bytes from offset base on. The child appends whole
+ * frames, then publishes len; after a write it sets len to 0 first, then
+ * moves base past what it wrote, so a death between the two stores leaves
+ * nothing to replay rather than bytes already read. */
+#define JOURNAL_CAP (256u * 1024)
+struct pool_journal {
+    _Atomic unsigned base;
+    _Atomic unsigned len;
+    char data[JOURNAL_CAP];
+};
+static struct pool_journal *child_journal;
+
+static int write_all(int fd, const void *p, size_t n, pool_slot *mail)
 {
     const char *s = p;
     while (n) {
@@ -78,6 +98,8 @@ static int write_all(int fd, const void *p, size_t n)
         }
         s += w;
         n -= (size_t)w;
+        if (mail)
+            atomic_fetch_add_explicit(mail, 1u, memory_order_release);
     }
     return 0;
 }
@@ -123,9 +145,24 @@ static int spawn(struct pool *p, struct pool_child *c)
         }
         c->slots = m;
     }
-    for (size_t i = 0; i <= STORED_WORD; i++) /* a fresh process: nothing sent yet */
+    for (size_t i = 0; i <= MAIL_WORD; i++) /* a fresh process: nothing sent yet */
         atomic_store(&((pool_slot *)c->slots)[i], 0u);
     c->seq_next = 0;
+    if (p->fetching && !c->journal) {
+        void *m = mmap(NULL, sizeof(struct pool_journal), PROT_READ | PROT_WRITE,
+                       MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        if (m == MAP_FAILED) {
+            snprintf(p->errstr, sizeof p->errstr, "mmap: %s", strerror(errno));
+            return p->err = CELERIAC_ENOMEM;
+        }
+        c->journal = m;
+    }
+    if (c->journal) {
+        struct pool_journal *j = c->journal;
+        atomic_store(&j->base, 0u);
+        atomic_store(&j->len, 0u);
+    }
+    c->rx = 0;
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
         snprintf(p->errstr, sizeof p->errstr, "socketpair: %s", strerror(errno));
@@ -168,6 +205,7 @@ static int spawn(struct pool *p, struct pool_child *c)
         snprintf(name, sizeof name, "ForkPoolWorker-%d", index);
         log_set_process(name);
         child_slots = c->slots;
+        child_journal = p->fetching ? c->journal : NULL;
         p->fn(sv[1], index, p->ud);
         _exit(0);
     }
@@ -338,7 +376,9 @@ int pool_flush(struct pool_child *c)
 {
     if (c->out.len == 0)
         return 0;
-    int rc = c->fd >= 0 ? write_all(c->fd, c->out.p, c->out.len) : CELERIAC_EIO;
+    int rc = c->fd >= 0 ? write_all(c->fd, c->out.p, c->out.len,
+                                    c->slots ? &((pool_slot *)c->slots)[MAIL_WORD] : NULL)
+                        : CELERIAC_EIO;
     c->out.len = 0;
     return rc < 0 ? CELERIAC_ECONN : 0;
 }
@@ -465,6 +505,7 @@ int pool_read(struct pool_child *c, int *type, struct pool_outcome *out)
             return CELERIAC_ECONN;
         if (buf_append(&c->in, tmp, (size_t)r) < 0)
             return CELERIAC_ENOMEM;
+        c->rx += (unsigned)r;
         drained = (size_t)r < sizeof tmp;
     }
 }
@@ -672,6 +713,8 @@ void pool_free(struct pool *p)
         pool_forget(&p->children[i]);
         if (p->children[i].slots)
             munmap(p->children[i].slots, SLOTS_SIZE);
+        if (p->children[i].journal)
+            munmap(p->children[i].journal, sizeof(struct pool_journal));
         pool_owed_clear(&p->children[i]);
         free(p->children[i].owed);
         struct pool_results *r = &p->children[i].unstored;
@@ -701,9 +744,24 @@ static ssize_t link_fill(struct pool_link *l, int flags)
     do
         r = recv(l->fd, tmp, sizeof tmp, flags);
     while (r < 0 && errno == EINTR);
+    l->readable = r == (ssize_t)sizeof tmp; /* more may wait behind it */
     if (r > 0 && buf_append(&l->in, tmp, (size_t)r) < 0)
         return -1;
     return r;
+}
+
+/* The parent wrote to this child since the last call (see MAIL_WORD), or
+ * the link is known to hold more (l->readable). A child without the shared
+ * word reads every time. */
+static int mail_moved(struct pool_link *l)
+{
+    if (!child_slots || l->readable)
+        return 1;
+    unsigned m = atomic_load_explicit(&child_slots[MAIL_WORD], memory_order_acquire);
+    if (m == l->mail_seen)
+        return 0;
+    l->mail_seen = m;
+    return 1;
 }
 
 /* Length of the whole frame at the read position, 0 if not all there yet. */
@@ -763,6 +821,8 @@ int pool_child_next(struct pool_link *l, int block, int *type, uint32_t *flags, 
         if (bad)
             return CELERIAC_EPROTO;
         if (!block) {
+            if (!mail_moved(l))
+                return 0;
             ssize_t r = link_fill(l, MSG_DONTWAIT);
             if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
                 return 0;
@@ -825,7 +885,7 @@ int pool_child_pending(struct pool_link *l)
     int bad;
     if (link_frame(l, &bad) || bad)
         return 1;
-    if (link_fill(l, MSG_DONTWAIT) <= 0)
+    if (!mail_moved(l) || link_fill(l, MSG_DONTWAIT) <= 0)
         return 0;
     return link_frame(l, &bad) > 0 || bad;
 }
@@ -894,9 +954,46 @@ static int write_duplex(struct pool_link *l)
 
 int pool_child_flush(struct pool_link *l)
 {
-    int rc = !l->out.len ? 0 : l->duplex ? write_duplex(l) : write_all(l->fd, l->out.p, l->out.len);
+    int rc = !l->out.len  ? 0
+             : l->duplex ? write_duplex(l)
+                         : write_all(l->fd, l->out.p, l->out.len, NULL);
+    if (child_journal && l->out.len) {
+        atomic_store_explicit(&child_journal->len, 0u, memory_order_release);
+        unsigned base = atomic_load_explicit(&child_journal->base, memory_order_relaxed);
+        atomic_store_explicit(&child_journal->base, base + (unsigned)l->out.len,
+                              memory_order_release);
+    }
     l->out.len = 0;
     return rc < 0 ? CELERIAC_EIO : 0;
+}
+
+int pool_child_keep(struct pool_link *l)
+{
+    struct pool_journal *j = child_journal;
+    if (!j || l->out.len > JOURNAL_CAP)
+        return 0;
+    unsigned have = atomic_load_explicit(&j->len, memory_order_relaxed);
+    if (have > l->out.len)
+        return 0;
+    memcpy(j->data + have, l->out.p + have, l->out.len - have);
+    atomic_store_explicit(&j->len, (unsigned)l->out.len, memory_order_release);
+    return 1;
+}
+
+size_t pool_replay(struct pool_child *c)
+{
+    struct pool_journal *j = c->journal;
+    if (!j)
+        return 0;
+    unsigned base = atomic_load_explicit(&j->base, memory_order_acquire);
+    unsigned len = atomic_load_explicit(&j->len, memory_order_acquire);
+    unsigned off = c->rx - base; /* what the socket already brought */
+    if (len > JOURNAL_CAP || off >= len)
+        return 0;
+    if (buf_append(&c->in, j->data + off, len - off) < 0)
+        return 0;
+    c->rx += len - off;
+    return len - off;
 }
 
 void pool_link_free(struct pool_link *l)

@@ -128,6 +128,9 @@ struct pool_child {
     char reported[32][128]; /* the last delivery tags it reported (RECEIVED, HANDOFF), a ring */
     unsigned nreported;
     struct pool_results unstored; /* DONE with child_stores, not yet STORED */
+    void *journal;     /* owned: a fetching child's frames not yet written (mmap,
+                        * see pool_child_keep()) */
+    unsigned rx;       /* bytes read from fd since the process started (mod 2^32) */
 };
 
 struct pool {
@@ -213,6 +216,10 @@ int pool_delivery_parse(const char *payload, size_t len, const char **tag, size_
  * when a frame is complete, 0 when more bytes are needed, CELERIAC_ECONN on
  * EOF/error (the child is gone). Caller frees out->detail and out->meta. */
 int pool_read(struct pool_child *c, int *type, struct pool_outcome *out);
+/* After a fetching child died and everything it wrote was read: appends to
+ * c->in the frames it kept (pool_child_keep()) and never wrote, for
+ * pool_read() to return. Returns how many bytes (0: none). */
+size_t pool_replay(struct pool_child *c);
 /* Finds the slot of a pid; NULL if none. */
 struct pool_child *pool_find_pid(struct pool *p, pid_t pid);
 /* Marks a slot empty after its process died (closes fd). */
@@ -234,6 +241,9 @@ struct pool_link {
     int duplex;     /* a fetching child: while a write waits for room, what the
                      * parent sends is read into in (the parent may be waiting
                      * to write to us too, with a large RUN frame) */
+    unsigned mail_seen; /* the parent's count of writes when last read (pool.c) */
+    int readable;       /* poll() said the link has bytes: the next look for frames
+                         * reads it whatever the parent's count says */
 };
 /* A fetching child: the next frame from the parent (RUN or CONTROL) without
  * claiming it. block: wait for one. Returns 1 with *type set (RUN: flags,
@@ -265,6 +275,11 @@ unsigned pool_child_results_stored(void);
  * buffered. RECEIVED and HANDOFF frames: pool_delivery_build() into l->out. */
 int pool_child_write(struct pool_link *l, int type, const struct pool_outcome *out);
 int pool_child_flush(struct pool_link *l);
+/* A fetching child: copies the frames buffered in l->out to memory its parent
+ * reads if this process dies before it writes them (pool_replay()). Returns 1
+ * when all of them are there, so they may wait for a later flush; 0 when
+ * they do not fit (or this is not a fetching child): flush them now. */
+int pool_child_keep(struct pool_link *l);
 void pool_link_free(struct pool_link *l);
 
 #endif

@@ -351,6 +351,8 @@ static void run_message(struct task_exec *x, struct pool_link *l, const char *en
     pool_child_write(l, POOL_STARTED, NULL);
     if (!(flags & EXEC_QUIET_START))
         pool_child_flush(l);
+    else if ((flags & EXEC_DONE_LATER) && !pool_child_keep(l))
+        pool_child_flush(l); /* a crash in the task must not make it look never started */
     if (!def) {
         /* The main process read only the headers: a malformed body shows up
          * here. Store it as Celery would fail an invalid task, so the caller
@@ -425,9 +427,10 @@ done:
         out.meta = NULL;
     }
     /* With the next job already here the DONE rides with its STARTED. A
-     * fetching process writes it at once: what it holds next is its own, and
-     * a result must not wait in a process that can be killed. */
-    if (x->fetch || !pool_child_pending(l))
+     * fetching process's short task (its STARTED rode along quietly) writes
+     * it with the next fetch: it is kept where the main process reads it if
+     * this process dies first (pool_child_keep()). */
+    if (x->fetch ? !((flags & EXEC_DONE_LATER) && pool_child_keep(l)) : !pool_child_pending(l))
         pool_child_flush(l);
     free(out.detail);
     free(out.meta);
@@ -505,6 +508,7 @@ static struct fetcher {
     int eof;                     /* the main process closed our link: stop taking */
     int paused;                  /* the main process cannot store results now */
     int short_run;               /* the last task run here is known to be short */
+    int handed;                  /* this fetch handed a message to the main process */
     struct buf pack;             /* the header pack of a RECEIVED frame being built */
     struct pool_results stores;  /* SUCCESS results of own jobs, stored with the next
                                   * fetch (EXEC_CHILD_STORES) */
@@ -719,6 +723,7 @@ static void fetch_take(struct task_exec *x, struct pool_link *l, struct broker_d
             snprintf(d->tag, sizeof d->tag, "%s", j->m.delivery_tag);
     }
     if (!mine) {
+        F.handed = 1;
         task_message_clear(&j->m);
         if (pool_delivery_build(&l->out, POOL_HANDOFF, 0, d->reserved ? d->tag : "", d->queue,
                                 NULL, 0, d->body, d->len) < 0)
@@ -849,7 +854,7 @@ static void run_next(struct task_exec *x, struct pool_link *l)
         uint32_t flags = j.flags;
         if (j.own) {
             if (!prompt)
-                flags |= EXEC_QUIET_START; /* its STARTED rides with its DONE */
+                flags |= EXEC_QUIET_START | EXEC_DONE_LATER; /* reported with the next fetch */
             if (log_get_level() > LOG_INFO && !x->prompt_start)
                 flags |= EXEC_NO_REPR;
             if (!j.acks_late)
@@ -878,7 +883,10 @@ static int fetch_wait(struct pool_link *l, int ms)
 {
     struct pollfd p[2] = {{.fd = F.connected ? F.b->ops->fetch_fd(F.b) : -1, .events = POLLIN},
                           {.fd = l->fd, .events = POLLIN}};
-    return poll(p, 2, ms);
+    int n = poll(p, 2, ms);
+    if (n > 0 && (p[1].revents & (POLLIN | POLLHUP | POLLERR)))
+        l->readable = 1;
+    return n;
 }
 
 /* Returns a message taken while stopping to the head of its queue (recorded
@@ -952,6 +960,7 @@ static void fetch_cycle(struct task_exec *x, struct pool_link *l)
         return;
     }
     stores_send(x);
+    pool_child_flush(l); /* the reports of the tasks run since the last fetch */
     struct broker_delivery d[POOL_FETCH_MAX];
     size_t count = 0;
     int rc = 0;
@@ -979,13 +988,19 @@ static void fetch_cycle(struct task_exec *x, struct pool_link *l)
         tags_clear(&F.acks);
         pool_child_write(l, POOL_ACKED, NULL);
     }
+    F.handed = 0;
     for (size_t i = 0; i < count; i++) {
         if (F.eof || parent_gone)
             fetch_give_back(x, &d[i]);
         else
             fetch_take(x, l, &d[i]);
     }
-    pool_child_flush(l);
+    /* A batch of short tasks, all run here, nobody watching them start: its
+     * reports (RECEIVED, the acks done, the results stored) go with the
+     * tasks' own in the next write, kept meanwhile where the main process
+     * reads them if this process dies first. Otherwise they go now. */
+    if (!(F.nheld && F.short_run && !F.handed && !x->prompt_start && pool_child_keep(l)))
+        pool_child_flush(l);
     if (count > 0 || F.eof || parent_gone || F.nheld || F.paused)
         return;
     /* Nothing waiting: BRPOP (1 s) until a message or the main process comes. */
@@ -1079,7 +1094,8 @@ static void fetch_main(struct task_exec *x, struct pool_link *l)
             acks_now(l);
             pool_child_flush(l);
             struct pollfd p = {.fd = l->fd, .events = POLLIN};
-            poll(&p, 1, 1000);
+            if (poll(&p, 1, 1000) > 0)
+                l->readable = 1;
             continue;
         }
         fetch_cycle(x, l);

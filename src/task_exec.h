@@ -35,6 +35,11 @@
  * fetch; DONE says so (pool_outcome.child_stores) and carries a copy for the
  * main process to keep until STORED (see task_exec.c). */
 #define EXEC_CHILD_STORES 0x80u
+/* A fetching process's own short job, its start watched by nobody: its DONE
+ * (with its STARTED) waits for the process's next fetch, kept where the main
+ * process reads it if the process dies first (pool_child_keep()). Set by the
+ * process itself. */
+#define EXEC_DONE_LATER 0x100u
 
 struct task_exec {
     const celeriac_registry *registry; /* borrowed */

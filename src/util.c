@@ -157,8 +157,31 @@ static void format_iso(double t, char *buf, size_t len, const char *suffix)
     int y;
     unsigned m, d;
     civil_from_days(days, &y, &m, &d);
-    snprintf(buf, len, "%04d-%02u-%02uT%02d:%02d:%02d.%06lld%s", y, m, d, (int)(rem / 3600),
-             (int)(rem / 60 % 60), (int)(rem % 60), us, suffix);
+    if (y < 0 || y > 9999) {
+        snprintf(buf, len, "%04d-%02u-%02uT%02d:%02d:%02d.%06lld%s", y, m, d, (int)(rem / 3600),
+                 (int)(rem / 60 % 60), (int)(rem % 60), us, suffix);
+        return;
+    }
+    /* The same text without printf (once per result stored). */
+    char out[40];
+    const long long parts[7] = {y, m, d, rem / 3600, rem / 60 % 60, rem % 60, us};
+    const int width[7] = {4, 2, 2, 2, 2, 2, 6};
+    const char sep[7] = {'-', '-', 'T', ':', ':', '.', 0};
+    size_t k = 0;
+    for (int i = 0; i < 7; i++) {
+        long long v = parts[i];
+        for (int w = width[i] - 1; w >= 0; w--, v /= 10)
+            out[k + (size_t)w] = (char)('0' + v % 10);
+        k += (size_t)width[i];
+        if (sep[i])
+            out[k++] = sep[i];
+    }
+    size_t slen = strlen(suffix);
+    memcpy(out + k, suffix, slen + 1);
+    k += slen;
+    size_t n = k < len ? k : len - 1;
+    memcpy(buf, out, n);
+    buf[n] = '\0';
 }
 
 void util_iso8601_format(double t, char *buf, size_t len)

@@ -1503,6 +1503,13 @@ static void reap_children(struct worker *w)
             continue;
         if (c->fd >= 0)
             read_child(w, c); /* a DONE written just before exiting still counts */
+        /* So do the frames a fetching process kept to write later. */
+        size_t kept = pool_replay(c);
+        if (kept > 0) {
+            log_info("ForkPoolWorker-%d: read %zu byte(s) of reports it had not written yet",
+                     c->index, kept);
+            read_child(w, c);
+        }
         child_lost(w, c, status);
     }
 }

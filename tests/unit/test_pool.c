@@ -399,6 +399,95 @@ TEST(a_fetching_child_reports_what_it_takes_and_runs_in_its_order)
     pool_free(&p);
 }
 
+/* A fetching child that dies with frames it kept (pool_child_keep()) and
+ * wrote only the first bytes of: the parent replays the rest from the
+ * shared journal; a frame buffered and never kept is not replayed. */
+static void dying_child(int fd, int index, void *ud)
+{
+    (void)index;
+    (void)ud;
+    struct pool_link l = {.fd = fd, .duplex = 1};
+    struct pool_outcome o = {.status = POOL_SUCCESS, .detail = (char *)"written"};
+    pool_child_write(&l, POOL_DONE, &o);
+    pool_child_flush(&l);
+    o.detail = (char *)"kept1";
+    pool_child_write(&l, POOL_DONE, &o);
+    if (!pool_child_keep(&l))
+        _exit(3);
+    o.detail = (char *)"kept2";
+    o.meta = (char *)"M2";
+    o.meta_len = 2;
+    o.child_stores = 1;
+    pool_child_write(&l, POOL_DONE, &o);
+    if (!pool_child_keep(&l))
+        _exit(3);
+    /* A write cut short by the death: the first 7 bytes of what is kept. */
+    if (write(fd, l.out.p, 7) != 7)
+        _exit(3);
+    o.detail = (char *)"lost";
+    o.meta = NULL;
+    o.meta_len = 0;
+    pool_child_write(&l, POOL_DONE, &o); /* never kept, never written */
+    _exit(0);
+}
+
+/* A plain (not fetching) child has no journal: nothing can wait unwritten. */
+static void plain_keep_child(int fd, int index, void *ud)
+{
+    (void)index;
+    (void)ud;
+    struct pool_link l = {.fd = fd};
+    pool_child_write(&l, POOL_STARTED, NULL);
+    struct pool_outcome o = {.status = POOL_SUCCESS,
+                             .detail = pool_child_keep(&l) ? (char *)"kept" : (char *)"not kept"};
+    pool_child_write(&l, POOL_DONE, &o);
+    pool_child_flush(&l);
+    _exit(0);
+}
+
+TEST(frames_a_fetching_child_kept_are_replayed_after_it_died)
+{
+    struct pool p = {.fetching = 1};
+    CHECK_EQ_INT(pool_start(&p, 1, dying_child, NULL), 0);
+    struct pool_child *c = &p.children[0];
+    struct pool_outcome o;
+    CHECK_EQ_INT(next_full(c, &o), POOL_DONE);
+    CHECK_STR(o.detail, "written");
+    free(o.detail);
+    free(o.meta);
+    CHECK(next_full(c, &o) < 0); /* EOF after 7 bytes of the next frame */
+    int status = 0;
+    CHECK(waitpid(c->pid, &status, 0) == c->pid);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CHECK(pool_replay(c) > 0);
+    CHECK_EQ_INT(next_full(c, &o), POOL_DONE);
+    CHECK_STR(o.detail, "kept1");
+    free(o.detail);
+    free(o.meta);
+    CHECK_EQ_INT(next_full(c, &o), POOL_DONE);
+    CHECK_STR(o.detail, "kept2");
+    CHECK(o.child_stores == 1 && o.meta_len == 2 && memcmp(o.meta, "M2", 2) == 0);
+    free(o.detail);
+    free(o.meta);
+    CHECK(next_full(c, &o) < 0); /* "lost" was never kept */
+    CHECK_EQ_INT(pool_replay(c), 0); /* replayed once */
+    pool_forget(c);
+    pool_free(&p);
+
+    struct pool q = {0};
+    CHECK_EQ_INT(pool_start(&q, 1, plain_keep_child, NULL), 0);
+    c = &q.children[0];
+    CHECK_EQ_INT(next_full(c, &o), POOL_STARTED);
+    CHECK_EQ_INT(next_full(c, &o), POOL_DONE);
+    CHECK_STR(o.detail, "not kept");
+    free(o.detail);
+    free(o.meta);
+    CHECK(waitpid(c->pid, &status, 0) == c->pid);
+    CHECK_EQ_INT(pool_replay(c), 0);
+    pool_forget(c);
+    pool_free(&q);
+}
+
 /* Malformed delivery payloads are refused, not read past their end. */
 TEST(delivery_payload_parse_refuses_short_input)
 {

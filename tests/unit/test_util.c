@@ -67,6 +67,10 @@ TEST(iso8601_format)
     CHECK_STR(buf, "2024-02-29T00:00:00.000000");
     util_iso8601_format(-1.5, buf, sizeof buf);
     CHECK_STR(buf, "1969-12-31T23:59:58.500000");
+    util_iso8601_format(253402300800.25, buf, sizeof buf); /* year 10000: printf's form */
+    CHECK_STR(buf, "10000-01-01T00:00:00.250000");
+    util_iso8601_format_tz(1795452108.848268, buf, 11); /* cut as snprintf cuts */
+    CHECK_STR(buf, "2026-11-23");
     /* Format then parse is the identity (to the microsecond). */
     double now = util_now(), back;
     util_iso8601_format_tz(now, buf, sizeof buf);
