@@ -212,6 +212,7 @@ static int spawn(struct pool *p, struct pool_child *c)
     close(sv[1]);
     fcntl(sv[0], F_SETFL, fcntl(sv[0], F_GETFL) | O_NONBLOCK);
     memset(&c->in, 0, sizeof c->in);
+    c->in_off = 0;
     c->pid = pid;
     c->fd = sv[0];
     c->index = index;
@@ -438,13 +439,13 @@ int pool_read(struct pool_child *c, int *type, struct pool_outcome *out)
 {
     int drained = 0; /* a read returned less than it asked: nothing more now */
     for (;;) {
-        if (c->in.len >= 4) {
+        if (c->in.len - c->in_off >= 4) {
             uint32_t total;
-            memcpy(&total, c->in.p, 4);
+            memcpy(&total, c->in.p + c->in_off, 4);
             if (total == 0 || total > MAX_FRAME)
                 return CELERIAC_EPROTO;
-            if (c->in.len >= 4 + (size_t)total) {
-                const unsigned char *f = (const unsigned char *)c->in.p + 4;
+            if (c->in.len - c->in_off >= 4 + (size_t)total) {
+                const unsigned char *f = (const unsigned char *)c->in.p + c->in_off + 4;
                 *type = f[0];
                 if (*type == POOL_SKIPPED)
                     out->status = total >= 2 ? f[1] : POOL_SKIP_CANCELLED;
@@ -487,14 +488,21 @@ int pool_read(struct pool_child *c, int *type, struct pool_outcome *out)
                         out->meta[out->meta_len] = 0;
                     }
                 }
-                size_t used = 4 + (size_t)total;
-                memmove(c->in.p, c->in.p + used, c->in.len - used);
-                c->in.len -= used;
+                /* Consumed in place: what follows moves once, when all
+                 * whole frames are read (a tick reads many at once). */
+                c->in_off += 4 + (size_t)total;
+                if (c->in_off == c->in.len)
+                    c->in.len = c->in_off = 0;
                 return 1;
             }
         }
         if (drained)
             return 0; /* poll() says when more comes */
+        if (c->in_off > 0) {
+            memmove(c->in.p, c->in.p + c->in_off, c->in.len - c->in_off);
+            c->in.len -= c->in_off;
+            c->in_off = 0;
+        }
         char tmp[65536];
         ssize_t r = read(c->fd, tmp, sizeof tmp);
         if (r < 0 && errno == EINTR)
@@ -529,6 +537,7 @@ void pool_forget(struct pool_child *c)
     c->nqueued = 0;
     c->nposted = 0;
     buf_free(&c->in);
+    c->in_off = 0;
     buf_free(&c->out);
 }
 

@@ -109,7 +109,8 @@ struct pool_child {
                         * the child's queue: running, or next to run) */
     void *queued[POOL_QUEUE_MAX]; /* borrowed: jobs sent after job, in order */
     size_t nqueued;
-    struct buf in;     /* owned: bytes received, not yet a whole frame */
+    struct buf in;     /* owned: bytes received; those before in_off are read */
+    size_t in_off;
     struct buf out;    /* owned: RUN frames posted, not yet written */
     unsigned tasks_run;/* jobs completed by this process */
     int retiring;      /* exits after its current job */
