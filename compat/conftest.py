@@ -12,8 +12,8 @@ Environment:
                       the real Python Celery worker (compat/reference/) to check
                       that the tests expect what Celery really does.
   COMPAT_KEEP_LOGS    directory to copy every worker log into (CI artefacts).
-  COMPAT_CELERIAC_ARGS  extra flags for every celeriac worker (e.g. "--pool-fetch":
-                      the whole suite against that mode).
+  COMPAT_CELERIAC_ARGS  extra flags for every celeriac worker (e.g. "--no-pool-fetch":
+                      the whole suite against the main process handing work over).
 """
 import gc
 import os
@@ -42,7 +42,9 @@ PYTHON = "/usr/bin/python3"
 CELERIAC_BIN = os.environ.get("CELERIAC_BIN", str(REPO / "build" / "celeriac"))
 CELERIAC_EXAMPLES = os.environ.get("CELERIAC_EXAMPLES", str(REPO / "build" / "examples.so"))
 WORKER_KIND = os.environ.get("COMPAT_WORKER", "celeriac")
-POOL_FETCH = "--pool-fetch" in shlex.split(os.environ.get("COMPAT_CELERIAC_ARGS", ""))
+# celeriac's pool processes fetch for themselves unless the worker is told otherwise.
+POOL_FETCH = WORKER_KIND == "celeriac" and \
+    "--no-pool-fetch" not in shlex.split(os.environ.get("COMPAT_CELERIAC_ARGS", ""))
 
 # Celery reads these on every conf access and they would override every app's URL:
 # the tests must only ever talk to their own redis-servers on 127.0.0.1.
@@ -240,7 +242,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "celeriac_only: exercises celeriac's own CLI or "
                             "robustness promises; skipped with COMPAT_WORKER=python")
     config.addinivalue_line("markers", "handoff_pool: checks how the main process hands jobs "
-                            "to its pool processes; skipped with --pool-fetch")
+                            "to its pool processes; run with --no-pool-fetch only")
     config.addinivalue_line("markers", "timeout(seconds): per-test deadline")
     if config.pluginmanager.hasplugin("timeout"):
         if config.getoption("timeout", None) is None and "PYTEST_TIMEOUT" not in os.environ:
@@ -249,7 +251,8 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(config, items):
     if POOL_FETCH:
-        skip = pytest.mark.skip(reason="the main process hands no jobs over (--pool-fetch)")
+        skip = pytest.mark.skip(reason="the main process hands no jobs over (run with "
+                                       "COMPAT_CELERIAC_ARGS=--no-pool-fetch)")
         for item in items:
             if "handoff_pool" in item.keywords:
                 item.add_marker(skip)

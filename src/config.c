@@ -127,9 +127,10 @@ static const struct option_def options[] = {
      0, NULL,
      "Run pool processes under SCHED_BATCH, so that handing them work does not preempt the "
      "main process (false: the default policy)"},
-    {"worker_pool_fetch", "pool-fetch", 0, OPT_BOOL, F(pool_fetch), "false", 0, 0, NULL,
+    {"worker_pool_fetch", "pool-fetch", 0, OPT_BOOL, F(pool_fetch), "true", 0, 0, NULL,
      "Pool processes fetch their own messages (within the same prefetch window) and tell "
-     "the main process, instead of the main process handing each one over"},
+     "the main process (false, --no-pool-fetch: the main process fetches and hands each "
+     "one over)"},
     {"progress_interval", "progress-interval", 0, OPT_DOUBLE, F(progress_interval), "0.05", 0,
      3600, NULL, "Minimum seconds between two stored PROCESSING updates of a task (first always)"},
     {"heartbeat_interval", "heartbeat-interval", 0, OPT_DOUBLE, F(heartbeat_interval), "2.0",

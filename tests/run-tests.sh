@@ -3,7 +3,8 @@
 #
 # Installs missing Debian packages (root only), builds build/ with warnings as
 # errors, runs the unit tests (ctest) and the compat suite (real Celery 5.2 clients
-# against the real worker; twice: as the worker comes and with --pool-fetch). With
+# against the real worker; twice: as the worker comes, whose pool processes fetch
+# for themselves, and with --no-pool-fetch, where the main process hands them work). With
 # --sanitize or CELERIAC_SANITIZE=1 it then builds build-asan/ with ASan+UBSan and
 # runs them all again against that binary.
 # Exit status is non-zero if any step fails; every step still runs.
@@ -57,11 +58,11 @@ suite() {
     step "$name: compat (real Celery)" env \
         CELERIAC_BIN="$dir/celeriac" CELERIAC_EXAMPLES="$dir/examples.so" \
         /usr/bin/python3 -m pytest compat -q "${pytest_timeout[@]}" ${PYTEST_ARGS:-}
-    # The same suite with pool processes that fetch for themselves.
+    # The same suite with the main process fetching and handing work over.
     # shellcheck disable=SC2086
-    step "$name: compat with --pool-fetch" env \
+    step "$name: compat with --no-pool-fetch" env \
         CELERIAC_BIN="$dir/celeriac" CELERIAC_EXAMPLES="$dir/examples.so" \
-        COMPAT_CELERIAC_ARGS="--pool-fetch" \
+        COMPAT_CELERIAC_ARGS="--no-pool-fetch" \
         /usr/bin/python3 -m pytest compat -q "${pytest_timeout[@]}" ${PYTEST_ARGS:-}
 }
 

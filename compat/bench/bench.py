@@ -10,9 +10,10 @@ producer (Celery 5.2 / kombu) sends the same workloads to each worker in turn;
 Redis is FLUSHALL'ed before every workload and every worker is stopped (SIGTERM,
 SIGKILL after a deadline) even when something fails.
 
-Worker configurations: python-prefork and python-threads (-c 2), celeriac (-c 2),
-and celeriac-pool-fetch (the same with --pool-fetch: its pool processes take
-their own messages). Ratios are printed for both celeriac configurations.
+Worker configurations: python-prefork and python-threads (-c 2), celeriac (-c 2,
+as it comes: its pool processes take their own messages), and celeriac-handoff
+(the same with --no-pool-fetch: the main process fetches and hands each message
+to a pool process). Ratios are printed for both celeriac configurations.
 
 Per worker configuration (each phase starts a fresh worker process):
 
@@ -513,7 +514,7 @@ class Bench:
                       self.redis.url(1), "-c", "2", "-n", node, "-l", "warning",
                       "--plugin", self.args.plugin, "--prefetch-multiplier",
                       str(self.args.prefetch_multiplier)] + (
-                          ["--pool-fetch"] if name == "celeriac-pool-fetch" else [])
+                          ["--no-pool-fetch"] if name == "celeriac-handoff" else [])
 
     def start_worker(self, name, phase):
         node, cmd = self.worker_command(name)
@@ -945,9 +946,9 @@ ROWS = [
     ("Redis cmds/doc, process_document", ("process_document", "redis_commands_per_task"), False,
      "{:.2f}"),
 ]
-CONFIGS = ["python-prefork", "python-threads", "celeriac", "celeriac-pool-fetch"]
-# celeriac-pool-fetch: the same binary with --pool-fetch (its pool processes
-# take their own messages; see the README's "Operating it").
+CONFIGS = ["python-prefork", "python-threads", "celeriac", "celeriac-handoff"]
+# celeriac-handoff: the same binary with --no-pool-fetch (the main process
+# fetches and hands messages over; see the README's "Operating it").
 
 
 def lat_samples(results, worker):
@@ -964,11 +965,11 @@ def dig(d, path):
 
 def render(results):
     cols = [c for c in CONFIGS if c in results["workers"]]
-    subjects = [c for c in ("celeriac", "celeriac-pool-fetch") if c in cols]
+    subjects = [c for c in ("celeriac", "celeriac-handoff") if c in cols]
     ratio_cols = [(sub, c) for sub in subjects for c in ("python-prefork", "python-threads")
                   if c in cols]
     header = ["metric"] + cols + [
-        f"{'pool-fetch' if sub != 'celeriac' else 'celeriac'}/{c.split('-')[1]}"
+        f"{'handoff' if sub != 'celeriac' else 'celeriac'}/{c.split('-')[1]}"
         for sub, c in ratio_cols]
     rows = []
     for label, path, higher, fmt in ROWS:
